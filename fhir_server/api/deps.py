@@ -1,0 +1,27 @@
+"""What every handler needs from the request: the tenant-bound service, a checked resource type."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from fhir_server.definitions.resource_types import RESOURCE_TYPES
+from fhir_server.errors import Forbidden, ResourceNotFound
+from fhir_server.services.resources import ResourceService
+
+
+def tenant_of(request: Request) -> str:
+    tenant: str = request.app.state.settings.default_tenant
+    principal = request.scope.get("state", {}).get("principal")
+    if principal is not None and principal.tenant != tenant:
+        raise Forbidden("The token was issued for another tenant")
+    return tenant
+
+
+def service(request: Request) -> ResourceService:
+    return ResourceService(request.app.state.db, tenant_of(request))
+
+
+def checked_type(resource_type: str) -> str:
+    if resource_type not in RESOURCE_TYPES:
+        raise ResourceNotFound(f"'{resource_type}' is not a FHIR R4 resource type", expression="type")
+    return resource_type

@@ -1,0 +1,73 @@
+"""Every error becomes an OperationOutcome with the right status; no stack trace reaches a client."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhir_server.errors import FhirError, Issue, operation_outcome
+
+log = logging.getLogger("fhir_server.errors")
+
+_HTTP_CODES = {
+    400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+    406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly",
+    415: "not-supported", 422: "processing", 429: "throttled",
+}
+
+
+def request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def outcome_response(request: Request, status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps(operation_outcome(issues, request_id(request)))
+    return Response(body, status_code=status, headers=headers, media_type="application/fhir+json; charset=utf-8")
+
+
+async def fhir_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FhirError)
+    log.info("request failed", extra={"status": exc.status, "reason": exc.diagnostics[:200]})
+    return outcome_response(request, exc.status, exc.issues, exc.headers)
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "exception")
+    if exc.status_code == 404:
+        detail = f"No FHIR endpoint at {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    else:
+        detail = str(exc.detail)
+    return outcome_response(request, exc.status_code, [Issue("error", code, detail)], dict(exc.headers or {}))
+
+
+async def validation_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    issues = [
+        Issue("error", "invalid", str(err.get("msg")), ".".join(str(p) for p in err.get("loc", ())))
+        for err in exc.errors()
+    ]
+    return outcome_response(request, 400, issues or [Issue("error", "invalid", "Invalid request")])
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    rid = request_id(request)
+    log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
+    return outcome_response(
+        request, 500, [Issue("fatal", "exception", f"Internal server error; quote request id {rid} to the operator")]
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(FhirError, fhir_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    app.add_exception_handler(RequestValidationError, validation_exception_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)

@@ -1,0 +1,30 @@
+"""capabilities (https://hl7.org/fhir/R4/http.html#capabilities)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhir_server.api.responses import base_url, fhir_response
+from fhir_server.capabilities import capability_statement
+from fhir_server.timeutil import format_instant
+
+router = APIRouter()
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    state = request.app.state
+    cached = getattr(state, "capability_statement", None)
+    if cached is None:
+        cached = capability_statement(
+            base_url=base_url(request), auth_required=not state.settings.dev_mode, date=format_instant(state.started_at)
+        )
+        state.capability_statement = cached
+    mode = request.query_params.get("mode", "full")
+    if mode not in ("full", "normative", "terminology"):
+        from fhir_server.errors import BadRequest
+
+        raise BadRequest("mode must be full, normative or terminology", expression="mode")
+    return fhir_response(request, cached)

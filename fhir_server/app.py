@@ -1,0 +1,81 @@
+"""The ASGI application: create_app(settings) wires routers, errors, auth and the database pool."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhir_server.api import errors, history, metadata, read, search, write
+from fhir_server.api.middleware import RequestIdAndLog
+from fhir_server.auth.middleware import BearerAuth
+from fhir_server.auth.tokens import TokenVerifier, load_or_create_secret
+from fhir_server.errors import NotImplementedInteraction
+from fhir_server.settings import Settings
+from fhir_server.storage.db import Database
+from fhir_server.timeutil import now
+
+log = logging.getLogger("fhir_server")
+
+
+def _warm_up() -> None:
+    """Load the R4 definitions before the first request rather than during it."""
+    from fhir_server.validation import validate_resource
+
+    try:
+        from fhir_server.search.registry import get_registry
+
+        get_registry()
+    except ImportError:  # TODO(lead): remove once search lands in this slice
+        log.warning("search registry not available")
+    validate_resource({"resourceType": "Basic", "code": {"text": "warm-up"}})
+
+
+def _root_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("")
+    @router.post("/")
+    async def transaction_or_batch(request: Request) -> Response:
+        raise NotImplementedInteraction("Transaction and batch Bundles are not supported yet")
+
+    return router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set; start the server with `fhir-server serve`")
+    database_url = settings.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+        await db.open()
+        app.state.db = db
+        _warm_up()
+        log.info("fhir server ready", extra={"dev_mode": settings.dev_mode})
+        try:
+            yield
+        finally:
+            await db.close()
+
+    app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None, title="fhir-server")
+    app.state.settings = settings
+    app.state.started_at = now()
+    for module in (metadata, history, search, read, write):
+        app.include_router(module.router, prefix="/fhir")
+    app.include_router(_root_router(), prefix="/fhir")
+    errors.install(app)
+
+    verifier = None
+    if not settings.dev_mode:
+        secret = settings.auth_secret.get_secret_value() if settings.auth_secret else load_or_create_secret(database_url)
+        verifier = TokenVerifier(secret)
+    app.add_middleware(BearerAuth, verifier=verifier)
+    app.add_middleware(RequestIdAndLog, access_log=settings.access_log)
+    return app

@@ -1,0 +1,43 @@
+"""Matching conditional criteria (``Patient?identifier=…``) to stored resources."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from psycopg import AsyncConnection
+
+from fhir_server.errors import BadRequest, PreconditionFailed
+from fhir_server.storage.repository import StoredVersion
+
+_RESULT_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements", "_count", "_sort"})
+
+
+def parse_criteria(query: str) -> list[tuple[str, str]]:
+    query = query.split("?", 1)[1] if "?" in query else query
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in _RESULT_PARAMS]
+    return pairs
+
+
+async def find_matches(
+    conn: AsyncConnection, tenant: str, resource_type: str, query: str, *, limit: int
+) -> list[StoredVersion]:
+    params = parse_criteria(query)
+    if not params:
+        raise PreconditionFailed("Conditional criteria must name at least one search parameter")
+    from fhir_server.search.compile import build_where
+
+    where = build_where(resource_type, params)
+    if where.warnings:
+        # an ignored criterion would widen the match and touch the wrong resource
+        raise BadRequest(
+            "Conditional criteria contain parameters this server cannot apply: "
+            + "; ".join(w.diagnostics for w in where.warnings),
+        )
+    binds = dict(where.binds, tenant=tenant, rtype=resource_type, limit=limit)
+    cur = await conn.execute(
+        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content::text "
+        "FROM resource r WHERE r.tenant_id = %(tenant)s AND r.resource_type = %(rtype)s AND NOT r.deleted "
+        f"AND ({where.sql}) ORDER BY r.id LIMIT %(limit)s",
+        binds,
+    )
+    return [StoredVersion(*row) for row in await cur.fetchall()]
