@@ -24,14 +24,12 @@ log = logging.getLogger("fhir_server")
 
 def _warm_up() -> None:
     """Load the R4 definitions before the first request rather than during it."""
+    from fhir_server.search.extract import extract_index_rows
+    from fhir_server.search.registry import get_registry
     from fhir_server.validation import validate_resource
 
-    try:
-        from fhir_server.search.registry import get_registry
-
-        get_registry()
-    except ImportError:  # TODO(lead): remove once search lands in this slice
-        log.warning("search registry not available")
+    get_registry()
+    extract_index_rows({"resourceType": "Patient", "name": [{"family": "warm-up"}]})
     validate_resource({"resourceType": "Basic", "code": {"text": "warm-up"}})
 
 

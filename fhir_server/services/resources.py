@@ -64,10 +64,8 @@ def _next_instant(previous: datetime | None) -> datetime:
 
 
 def _index_rows(resource: dict[str, Any]) -> Any:
-    try:
-        from fhir_server.search.extract import extract_index_rows
-    except ImportError:  # TODO(lead): remove once search lands in this slice
-        return None
+    from fhir_server.search.extract import extract_index_rows
+
     return extract_index_rows(resource)
 
 

@@ -1,0 +1,84 @@
+"""Index rows for one resource, computed on every write (R4 search.html, "search parameter types").
+
+``extract_index_rows(resource)`` evaluates every SearchParameter that applies to the resource's
+type and turns what each expression selects into rows for the ``idx_*`` tables (see ``rows``).
+Not indexed here: ``_id`` and ``_lastUpdated`` (columns of the ``resource`` table), parameters
+without an expression (``_text``, ``_content``, ``_query``), composite and special parameters.
+
+Each parameter's expression is narrowed to the resource type and compiled once per type, by the
+FHIRPath translator (``fhirpath_compiler``) or, for anything it cannot translate, by ``fhirpathpy``
+(``fhirpath_fallback``). ``ENGINE`` picks the default; ``bench/bench_extract.py`` compares them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fhir_server.search import fhirpath_compiler, fhirpath_fallback
+from fhir_server.search.expressions import expression_for_type
+from fhir_server.search.fhirpath_model import get_model
+from fhir_server.search.fhirpath_parser import FhirPathSyntaxError
+from fhir_server.search.registry import SearchParamRegistry, get_registry
+from fhir_server.search.rows import CONVERTERS, IndexRows
+
+__all__ = ["ENGINE", "IndexRows", "extract_index_rows", "plan_for_type"]
+
+log = logging.getLogger(__name__)
+
+ENGINE = "compiled"  # "compiled" (translator, fhirpathpy fallback) | "fhirpathpy"
+NOT_INDEXED = frozenset({"_id", "_lastUpdated"})
+
+Extractor = Callable[[dict], list[tuple[Any, str]]]
+Plan = list[tuple[str, Callable[..., None], Extractor]]  # (param code, converter, extractor)
+
+_plans: dict[tuple[str, str], Plan] = {}
+
+
+def _compile(expression: str, resource_type: str, engine: str) -> Extractor:
+    if engine == "compiled":
+        try:
+            return fhirpath_compiler.compile_expression(expression, resource_type)
+        except (fhirpath_compiler.Unsupported, FhirPathSyntaxError) as exc:
+            log.info("search expression %r for %s falls back to fhirpathpy: %s", expression, resource_type, exc)
+    return fhirpath_fallback.compile_expression(expression, resource_type)
+
+
+def plan_for_type(resource_type: str, engine: str = ENGINE, registry: SearchParamRegistry | None = None) -> Plan:
+    """The compiled (code, converter, extractor) list for one resource type, built once."""
+    key = (resource_type, engine)
+    cacheable = registry is None
+    plan = _plans.get(key) if cacheable else None
+    if plan is not None:
+        return plan
+    registry = registry or get_registry()
+    type_names = frozenset(get_model().parents)
+    plan = []
+    for code, sp in sorted(registry.for_type(resource_type).items()):
+        converter = CONVERTERS.get(sp.type)
+        if converter is None or code in NOT_INDEXED:
+            continue
+        expression = expression_for_type(sp.expression, resource_type, type_names)
+        if expression is None:
+            continue
+        plan.append((code, converter, _compile(expression, resource_type, engine)))
+    if cacheable:
+        _plans[key] = plan
+    return plan
+
+
+def extract_index_rows(resource: dict, engine: str = ENGINE) -> IndexRows:
+    rows = IndexRows()
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        return rows
+    for code, converter, extractor in plan_for_type(rtype, engine):
+        try:
+            items = extractor(resource)
+        except Exception:
+            log.warning("search parameter %s.%s could not be evaluated", rtype, code, exc_info=True)
+            continue
+        if items:
+            converter(code, items, rows)
+    return rows.finish()
