@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = with_data_dir(sub.add_parser("serve", help="run the FHIR server"))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("FHIR_WORKERS", "2")),
+                       help="server processes (default 2, or FHIR_WORKERS; see bench/README.md)")
     serve.add_argument("--dev", action="store_true", help="development mode: authentication OFF")
     serve.add_argument("--no-migrate", action="store_true", help="with DATABASE_URL: do not apply migrations on start")
     serve.set_defaults(func=cmd_serve)

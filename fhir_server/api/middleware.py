@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
+import os
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
-log = logging.getLogger("fhir_server.access")
+import orjson
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 
@@ -44,13 +45,16 @@ class RequestIdAndLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             if self.access_log:
-                log.info(
-                    "request",
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],  # the query string can carry patient data: never logged
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        "request_id": rid,
-                    },
-                )
+                # written straight to stderr as one JSON line: the logging module costs ~60 µs a request
+                line = orjson.dumps({
+                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    "level": "info",
+                    "logger": "fhir_server.access",
+                    "msg": "request",
+                    "method": scope["method"],
+                    "path": scope["path"],  # the query string can carry patient data: never logged
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "request_id": rid,
+                })
+                os.write(2, line + b"\n")

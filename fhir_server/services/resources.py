@@ -23,6 +23,7 @@ from fhir_server.errors import (
     ResourceGone,
     ResourceNotFound,
     UnprocessableEntity,
+    VersionConflict,
 )
 from fhir_server.services.conditional import find_matches
 from fhir_server.services.validate import check_resource
@@ -32,6 +33,7 @@ from fhir_server.storage.repository import StoredVersion
 from fhir_server.timeutil import format_instant, now
 
 _MAX_ID_RETRIES = 3
+_MAX_WRITE_RETRIES = 50  # optimistic writes re-read and retry when another write won
 
 
 @dataclass(slots=True)
@@ -112,33 +114,47 @@ class ResourceService:
     ) -> WriteResult:
         """create (http.html#create); conditional create with If-None-Exist (http.html#ccreate)."""
         check_resource(resource_type, resource, id_required=False)
+        if if_none_exist is None:
+            async with self.db.connection() as conn:
+                return await self._create_in(conn, resource_type, resource)
         async with self.db.transaction() as conn:
-            if if_none_exist is not None:
-                await self._lock(conn, "if-none-exist", resource_type, if_none_exist)
-                matches = await find_matches(conn, self.tenant, resource_type, if_none_exist, limit=2)
-                if len(matches) > 1:
-                    raise PreconditionFailed(
-                        f"If-None-Exist '{if_none_exist}' matches more than one {resource_type}"
-                    )
-                if matches:
-                    return WriteResult(matches[0], created=False)
-            for _ in range(_MAX_ID_RETRIES):
-                version = await self._write_new(conn, resource_type, str(uuid.uuid4()), resource, "POST")
-                if version is not None:
-                    return WriteResult(version, created=True)
+            await self._lock(conn, "if-none-exist", resource_type, if_none_exist)
+            matches = await find_matches(conn, self.tenant, resource_type, if_none_exist, limit=2)
+            if len(matches) > 1:
+                raise PreconditionFailed(f"If-None-Exist '{if_none_exist}' matches more than one {resource_type}")
+            if matches:
+                return WriteResult(matches[0], created=False)
+            return await self._create_in(conn, resource_type, resource)
+
+    async def _create_in(self, conn: Any, resource_type: str, resource: dict[str, Any]) -> WriteResult:
+        for _ in range(_MAX_ID_RETRIES):
+            version = await self._write_first(conn, resource_type, str(uuid.uuid4()), resource, "POST")
+            if version is not None:
+                return WriteResult(version, created=True)
         raise RuntimeError("could not allocate a resource id")  # pragma: no cover - uuid4 collisions
 
-    async def _write_new(
+    async def _write_first(
         self, conn: Any, resource_type: str, resource_id: str, resource: dict[str, Any], method: str
     ) -> StoredVersion | None:
         last_updated = _next_instant(None)
         text = _stamp(resource, resource_id, 1, last_updated)
         version = StoredVersion(resource_type, resource_id, 1, last_updated, False, text, method)
-        if not await repo.insert_new(conn, self.tenant, version):
-            return None
-        await repo.append_history(conn, self.tenant, version)
-        await repo.replace_index_rows(conn, self.tenant, resource_type, resource_id, _index_rows(resource), had_rows=False)
-        return version
+        if await repo.insert_first(conn, self.tenant, version, _index_rows(resource)):
+            return version
+        return None
+
+    async def _write_next(
+        self, conn: Any, current: StoredVersion, resource: dict[str, Any] | None, method: str
+    ) -> StoredVersion | None:
+        """The version after ``current`` (a deletion when ``resource`` is None); None if another write won."""
+        last_updated = _next_instant(current.last_updated)
+        next_id = current.version_id + 1
+        text = _stamp(resource, current.id, next_id, last_updated) if resource is not None else None
+        version = StoredVersion(current.resource_type, current.id, next_id, last_updated, resource is None, text, method)
+        rows = _index_rows(resource) if resource is not None else None
+        if await repo.replace_version(conn, self.tenant, version, current.version_id, rows):
+            return version
+        return None
 
     # ---- update --------------------------------------------------------------------------
     async def update(
@@ -151,47 +167,32 @@ class ResourceService:
                 f"Resource id '{resource.get('id')}' does not match the id '{resource_id}' in the URL",
                 expression=f"{resource_type}.id",
             )
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             return await self._update_in(conn, resource_type, resource_id, resource, if_match)
 
     async def _update_in(
         self, conn: Any, resource_type: str, resource_id: str, resource: dict[str, Any], if_match: int | None
     ) -> WriteResult:
-        for _ in range(_MAX_ID_RETRIES):
-            current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id, for_update=True)
+        """Optimistic: read the current version, write the next one only if it is still current."""
+        for _ in range(_MAX_WRITE_RETRIES):
+            current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id)
             if current is None:
                 if if_match is not None:
                     raise PreconditionFailed(
                         f"If-Match version {if_match} given, but {resource_type}/{resource_id} does not exist"
                     )
                 # create-on-update with a client-chosen id (http.html#upsert)
-                version = await self._write_new(conn, resource_type, resource_id, resource, "PUT")
+                version = await self._write_first(conn, resource_type, resource_id, resource, "PUT")
                 if version is not None:
                     return WriteResult(version, created=True)
                 continue  # a concurrent request created it first: update that one
-            if if_match is not None and if_match != current.version_id:
-                raise PreconditionFailed(
-                    f"If-Match version {if_match} does not match the current version {current.version_id}"
-                )
-            return await self._write_next(conn, current, resource, "PUT")
-        raise RuntimeError("update kept racing with concurrent creates")  # pragma: no cover
-
-    async def _write_next(
-        self, conn: Any, current: StoredVersion, resource: dict[str, Any], method: str
-    ) -> WriteResult:
-        last_updated = _next_instant(current.last_updated)
-        text = _stamp(resource, current.id, current.version_id + 1, last_updated)
-        version = StoredVersion(
-            current.resource_type, current.id, current.version_id + 1, last_updated, False, text, method
-        )
-        await repo.replace_current(conn, self.tenant, version)
-        await repo.append_history(conn, self.tenant, version)
-        await repo.replace_index_rows(
-            conn, self.tenant, current.resource_type, current.id, _index_rows(resource),
-            had_rows=not current.deleted,
-        )
-        # updating a deleted resource brings it back: that is a create for the client
-        return WriteResult(version, created=current.deleted)
+            _check_if_match(if_match, current.version_id)
+            version = await self._write_next(conn, current, resource, "PUT")
+            if version is not None:
+                # updating a deleted resource brings it back: that is a create for the client
+                return WriteResult(version, created=current.deleted)
+            _check_if_match(if_match, current.version_id + 1)  # someone else wrote first
+        raise VersionConflict(f"{resource_type}/{resource_id} is being changed by others; try again")
 
     async def conditional_update(
         self, resource_type: str, query: str, resource: dict[str, Any], *, if_match: int | None = None
@@ -214,30 +215,30 @@ class ResourceService:
                 return await self._update_in(conn, resource_type, found.id, resource, if_match)
             if resource.get("id"):
                 return await self._update_in(conn, resource_type, resource["id"], resource, if_match)
-            version = await self._write_new(conn, resource_type, str(uuid.uuid4()), resource, "PUT")
-            assert version is not None
-            return WriteResult(version, created=True)
+            return await self._create_in(conn, resource_type, resource)
 
     # ---- patch ---------------------------------------------------------------------------
     async def patch(
         self, resource_type: str, resource_id: str, patch: Any, *, if_match: int | None = None
     ) -> WriteResult:
-        """patch with JSON Patch (http.html#patch)."""
-        async with self.db.transaction() as conn:
-            current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id, for_update=True)
-            if current is None:
-                raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
-            if current.deleted:
-                raise ResourceGone(f"{resource_type}/{resource_id} was deleted")
-            if if_match is not None and if_match != current.version_id:
-                raise PreconditionFailed(
-                    f"If-Match version {if_match} does not match the current version {current.version_id}"
-                )
-            resource = apply_json_patch(orjson.loads(current.content or "{}"), patch)
-            if resource.get("resourceType") != resource_type or resource.get("id") != resource_id:
-                raise UnprocessableEntity("A patch must not change the resourceType or id")
-            check_resource(resource_type, resource, id_required=True)
-            return await self._write_next(conn, current, resource, "PATCH")
+        """patch with JSON Patch (http.html#patch); the patched resource is validated like an update."""
+        async with self.db.connection() as conn:
+            for _ in range(_MAX_WRITE_RETRIES):
+                current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id)
+                if current is None:
+                    raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+                if current.deleted:
+                    raise ResourceGone(f"{resource_type}/{resource_id} was deleted")
+                _check_if_match(if_match, current.version_id)
+                resource = apply_json_patch(orjson.loads(current.content or "{}"), patch)
+                if resource.get("resourceType") != resource_type or resource.get("id") != resource_id:
+                    raise UnprocessableEntity("A patch must not change the resourceType or id")
+                check_resource(resource_type, resource, id_required=True)
+                version = await self._write_next(conn, current, resource, "PATCH")
+                if version is not None:
+                    return WriteResult(version, created=False)
+                _check_if_match(if_match, current.version_id + 1)
+        raise VersionConflict(f"{resource_type}/{resource_id} is being changed by others; try again")
 
     async def conditional_patch(self, resource_type: str, query: str, patch: Any) -> WriteResult:
         async with self.db.connection() as conn:
@@ -254,23 +255,20 @@ class ResourceService:
 
         Returns the deletion version, or None when the resource was already deleted.
         """
-        async with self.db.transaction() as conn:
-            current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id, for_update=True)
+        async with self.db.connection() as conn:
+            return await self._delete_in(conn, resource_type, resource_id)
+
+    async def _delete_in(self, conn: Any, resource_type: str, resource_id: str) -> StoredVersion | None:
+        for _ in range(_MAX_WRITE_RETRIES):
+            current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id)
             if current is None:
                 raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
             if current.deleted:
                 return None
-            return await self._delete_current(conn, current)
-
-    async def _delete_current(self, conn: Any, current: StoredVersion) -> StoredVersion:
-        version = StoredVersion(
-            current.resource_type, current.id, current.version_id + 1,
-            _next_instant(current.last_updated), True, None, "DELETE",
-        )
-        await repo.replace_current(conn, self.tenant, version)
-        await repo.append_history(conn, self.tenant, version)
-        await repo.replace_index_rows(conn, self.tenant, current.resource_type, current.id, None, had_rows=True)
-        return version
+            version = await self._write_next(conn, current, None, "DELETE")
+            if version is not None:
+                return version
+        raise VersionConflict(f"{resource_type}/{resource_id} is being changed by others; try again")
 
     async def conditional_delete(self, resource_type: str, query: str) -> StoredVersion | None:
         """Conditional delete (http.html#3.1.0.7.1): single-match only, more than one is 412."""
@@ -281,13 +279,18 @@ class ResourceService:
                 raise PreconditionFailed(f"The criteria '{query}' match more than one {resource_type}")
             if not matches:
                 return None
-            current = await repo.fetch_current(conn, self.tenant, resource_type, matches[0].id, for_update=True)
-            assert current is not None
-            return await self._delete_current(conn, current)
+            return await self._delete_in(conn, resource_type, matches[0].id)
 
     async def _lock(self, conn: Any, kind: str, resource_type: str, query: str) -> None:
         """Serialise conditional writes on the same criteria, so that two never both create."""
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(self.tenant, kind, resource_type, query),))
+
+
+def _check_if_match(if_match: int | None, current_version: int) -> None:
+    if if_match is not None and if_match != current_version:
+        raise PreconditionFailed(
+            f"If-Match version {if_match} does not match the current version {current_version}"
+        )
 
 
 def apply_json_patch(document: dict[str, Any], patch: Any) -> dict[str, Any]:

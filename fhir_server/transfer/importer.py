@@ -95,6 +95,12 @@ async def run_import(database_url: str, paths: list[Path], *, tenant: str) -> in
                     bad.append((path, f"{detail} {where}".strip()))
                 bar.update(1)
                 bar.set_postfix(resources=written)
+        if written:
+            # fresh planner statistics, so searches and reads use the right indexes at once
+            async with db.connection() as conn:
+                for table in ("resource", "resource_history", "idx_string", "idx_token", "idx_reference",
+                              "idx_date", "idx_number", "idx_quantity", "idx_uri"):
+                    await conn.execute(f"ANALYZE {table}")
     finally:
         await db.close()
     elapsed = time.perf_counter() - started
