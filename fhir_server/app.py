@@ -8,16 +8,13 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
-from starlette.requests import Request
-from starlette.responses import Response
+from fastapi import FastAPI
 
 from fhir_server import logs
-from fhir_server.api import errors, history, metadata, read, search, write
+from fhir_server.api import errors, routes
 from fhir_server.api.middleware import RequestIdAndLog
 from fhir_server.auth.middleware import BearerAuth
 from fhir_server.auth.tokens import TokenVerifier, load_or_create_secret
-from fhir_server.errors import NotImplementedInteraction
 from fhir_server.settings import Settings
 from fhir_server.storage.db import Database
 from fhir_server.timeutil import now
@@ -38,17 +35,6 @@ def _warm_up() -> None:
     # or every full collection walks them (≈56 ms pauses, the p99 spikes in bench/README.md).
     gc.collect()
     gc.freeze()
-
-
-def _root_router() -> APIRouter:
-    router = APIRouter()
-
-    @router.post("")
-    @router.post("/")
-    async def transaction_or_batch(request: Request) -> Response:
-        raise NotImplementedInteraction("Transaction and batch Bundles are not supported yet")
-
-    return router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,9 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None, title="fhir-server")
     app.state.settings = settings
     app.state.started_at = now()
-    for module in (metadata, history, search, read, write):
-        app.include_router(module.router, prefix="/fhir")
-    app.include_router(_root_router(), prefix="/fhir")
+    routes.install(app)
     errors.install(app)
 
     verifier = None

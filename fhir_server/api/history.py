@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,9 +15,6 @@ from fhir_server.errors import BadRequest, ResourceNotFound
 from fhir_server.storage import repository as repo
 from fhir_server.storage.history import HistoryQuery, fetch_history
 from fhir_server.timeutil import parse_range
-
-router = APIRouter()
-
 
 def _query(request: Request, resource_type: str | None = None, resource_id: str | None = None) -> HistoryQuery:
     q = HistoryQuery(tenant_of(request), resource_type, resource_id, count=page_size(request))
@@ -45,16 +41,13 @@ async def _answer(request: Request, q: HistoryQuery) -> Response:
     return fhir_response(request, history_bundle(request, versions, token))
 
 
-@router.get("/_history")
 async def system_history(request: Request) -> Response:
     return await _answer(request, _query(request))
 
 
-@router.get("/{resource_type}/_history")
 async def type_history(resource_type: str, request: Request) -> Response:
     return await _answer(request, _query(request, checked_type(resource_type)))
 
 
-@router.get("/{resource_type}/{resource_id}/_history")
 async def instance_history(resource_type: str, resource_id: str, request: Request) -> Response:
     return await _answer(request, _query(request, checked_type(resource_type), resource_id))

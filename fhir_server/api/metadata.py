@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -10,10 +9,6 @@ from fhir_server.api.responses import base_url, fhir_response
 from fhir_server.capabilities import capability_statement
 from fhir_server.timeutil import format_instant
 
-router = APIRouter()
-
-
-@router.get("/metadata")
 async def metadata(request: Request) -> Response:
     state = request.app.state
     cached = getattr(state, "capability_statement", None)

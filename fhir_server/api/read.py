@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -10,9 +9,6 @@ from fhir_server.api.deps import checked_type, service
 from fhir_server.api.responses import fhir_response, resource_body, version_headers
 from fhir_server.storage.repository import StoredVersion
 from fhir_server.timeutil import parse_http_date
-
-router = APIRouter()
-
 
 def _not_modified(request: Request, version: StoredVersion) -> bool:
     """If-None-Match / If-Modified-Since (http.html#cread)."""
@@ -27,7 +23,6 @@ def _not_modified(request: Request, version: StoredVersion) -> bool:
     return False
 
 
-@router.get("/{resource_type}/{resource_id}")
 async def read(resource_type: str, resource_id: str, request: Request) -> Response:
     version = await service(request).read(checked_type(resource_type), resource_id)
     headers = version_headers(version)
@@ -36,7 +31,6 @@ async def read(resource_type: str, resource_id: str, request: Request) -> Respon
     return fhir_response(request, resource_body(request, version), 200, headers)
 
 
-@router.get("/{resource_type}/{resource_id}/_history/{version_id}")
 async def vread(resource_type: str, resource_id: str, version_id: str, request: Request) -> Response:
     version = await service(request).vread(checked_type(resource_type), resource_id, version_id)
     headers = version_headers(version)

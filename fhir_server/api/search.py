@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,8 +14,6 @@ from fhir_server.api.paging import page_size
 from fhir_server.api.responses import fhir_response
 from fhir_server.errors import BadRequest, InvalidSearch, Issue, operation_outcome
 from fhir_server.storage.search import SearchQuery, run_search
-
-router = APIRouter()
 
 RESULT_PARAMS = frozenset(
     {"_count", "_summary", "_elements", "_format", "_pretty", "_total", PAGE_PARAM, "_sort", "_include",
@@ -60,12 +57,10 @@ async def _search(request: Request, resource_type: str, pairs: list[tuple[str, s
     return fhir_response(request, searchset_bundle(request, rows, total, token, outcome))
 
 
-@router.get("/{resource_type}")
 async def search_type(resource_type: str, request: Request) -> Response:
     return await _search(request, resource_type, request.query_params.multi_items())
 
 
-@router.post("/{resource_type}/_search")
 async def search_post(resource_type: str, request: Request) -> Response:
     ct = request.headers.get("content-type", "")
     if not ct.startswith("application/x-www-form-urlencoded"):

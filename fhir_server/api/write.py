@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -11,9 +10,6 @@ from fhir_server.api.deps import checked_type, service
 from fhir_server.api.negotiation import JSON_PATCH, check_request_media_type, response_media_type
 from fhir_server.api.responses import fhir_response, parse_if_match, write_response
 from fhir_server.errors import BadRequest, Issue, NotImplementedInteraction, operation_outcome
-
-router = APIRouter()
-
 
 def _criteria(request: Request) -> str:
     return request.url.query
@@ -25,7 +21,6 @@ async def _resource_body(request: Request) -> object:
     return await read_json(request)
 
 
-@router.post("/{resource_type}")
 async def create(resource_type: str, request: Request) -> Response:
     checked_type(resource_type)
     body = await _resource_body(request)
@@ -36,7 +31,6 @@ async def create(resource_type: str, request: Request) -> Response:
     return write_response(request, result.version, 201, location=True, message="Created")
 
 
-@router.put("/{resource_type}/{resource_id}")
 async def update(resource_type: str, resource_id: str, request: Request) -> Response:
     checked_type(resource_type)
     body = await _resource_body(request)
@@ -45,7 +39,6 @@ async def update(resource_type: str, resource_id: str, request: Request) -> Resp
     return write_response(request, result.version, status, location=result.created, message="Created" if result.created else "Updated")
 
 
-@router.put("/{resource_type}")
 async def conditional_update(resource_type: str, request: Request) -> Response:
     checked_type(resource_type)
     if not _criteria(request):
@@ -67,7 +60,6 @@ async def _patch_body(request: Request) -> object:
     return body
 
 
-@router.patch("/{resource_type}/{resource_id}")
 async def patch(resource_type: str, resource_id: str, request: Request) -> Response:
     checked_type(resource_type)
     body = await _patch_body(request)
@@ -75,7 +67,6 @@ async def patch(resource_type: str, resource_id: str, request: Request) -> Respo
     return write_response(request, result.version, 200, location=False, message="Patched")
 
 
-@router.patch("/{resource_type}")
 async def conditional_patch(resource_type: str, request: Request) -> Response:
     checked_type(resource_type)
     if not _criteria(request):
@@ -92,13 +83,11 @@ def _deleted(request: Request, version_id: int | None, message: str) -> Response
     return Response(status_code=204, headers=headers)
 
 
-@router.delete("/{resource_type}/{resource_id}")
 async def delete(resource_type: str, resource_id: str, request: Request) -> Response:
     version = await service(request).delete(checked_type(resource_type), resource_id)
     return _deleted(request, version.version_id if version else None, "Deleted" if version else "Already deleted")
 
 
-@router.delete("/{resource_type}")
 async def conditional_delete(resource_type: str, request: Request) -> Response:
     checked_type(resource_type)
     if not _criteria(request):

@@ -35,6 +35,10 @@ class EmbeddedPostgres:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+            # planner statistics soon after bulk loads: without them a primary-key read can pick the
+            # (tenant, type, last_updated) index and walk every row of its type (bench/README.md)
+            conn.execute("ALTER SYSTEM SET autovacuum_naptime = '5s'")
+            conn.execute("SELECT pg_reload_conf()")
         log.info("embedded postgres ready", extra={"data_dir": str(self.data_dir)})
         return self._server.get_uri(DATABASE_NAME)
 

@@ -112,9 +112,7 @@ async def fetch_current(
     sql = f"SELECT {_COLS} FROM resource WHERE tenant_id = %s AND resource_type = %s AND id = %s"
     if for_update:
         sql += " FOR UPDATE"
-    # not prepared: a generic plan cached while the table had no statistics could keep using the
-    # wrong index for the life of the connection (bench/README.md, finding 1)
-    cur = await conn.execute(sql, (tenant, resource_type, resource_id), prepare=False)
+    cur = await conn.execute(sql, (tenant, resource_type, resource_id), prepare=True)
     row = await cur.fetchone()
     return _row(row) if row else None
 
