@@ -75,18 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
-    uvicorn.run(
-        "ceiling_app:create_app",
-        factory=True,
-        host=a.host,
-        port=a.port,
-        workers=a.workers,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-    )
+    from fhir_server.cli import UVICORN_OPTIONS
+
+    uvicorn.run("ceiling_app:create_app", host=a.host, port=a.port, workers=a.workers, **UVICORN_OPTIONS)
     return 0
 
 
