@@ -12,10 +12,12 @@ Each criterion is an ``EXISTS`` over one ``idx_*`` table. Semantics, per paramet
 
 * token: ``code``, ``system|code``, ``|code`` (no system), ``system|``; ``:not`` (no matching
   value, including resources without one), ``:text`` (normalised starts-with on the display /
-  CodeableConcept.text / Identifier.type.text, at the start of any word).
+  CodeableConcept.text / Identifier.type.text, at the start of any word), ``:of-type``
+  (``system|code|value`` of an Identifier's type coding and value).
 * string: normalised (case- and accent-insensitive) starts-with; ``:exact``; ``:contains``.
 * reference: ``id``, ``Type/id[/_history/v]``, absolute URL (``base_url`` makes this server's own
   URLs local), canonical ``url|version``; ``:Type``; ``:identifier``.
+* chained ``ref[:Type].param=`` and reverse-chained ``_has:Type:ref:param=`` (see ``chain``).
 * date, number, quantity: prefixes with range semantics, see ``_Builder.range_sql`` and
   ``_Builder.number_sql``; quantity ``value|system|code`` and ``value||code`` (code or unit).
 * uri: exact, ``:below``, ``:above`` (on path segments).
@@ -23,22 +25,25 @@ Each criterion is an ``EXISTS`` over one ``idx_*`` table. Semantics, per paramet
   case-insensitive contains on the narrative.
 
 Unknown parameters are ignored with a warning; a bad value, prefix or modifier raises
-``InvalidSearch``; chaining, ``_has`` and composite parameters are not supported yet.
+``InvalidSearch``. Composite parameters (token$token, token$quantity) are in ``composite``.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import InvalidSearch, Issue
+from fhir_server.search.chain import chain_sql, has_sql
+from fhir_server.search.composite import composite_sql
 from fhir_server.search.normalize import normalize, token_key, truncate_utf8, url_key
 from fhir_server.search.query_values import like_escape, split_prefix, split_unescaped, unescape
 from fhir_server.search.ranges import DATE_MAX, DATE_MIN, date_range, decimal_range, to_decimal
 from fhir_server.search.references import is_absolute, parse_canonical, parse_reference
 from fhir_server.search.registry import SearchParam, SearchParamRegistry, get_registry
-from fhir_server.search.rows import IDENTIFIER_SUFFIX
+from fhir_server.search.rows import IDENTIFIER_SUFFIX, OF_TYPE_SUFFIX
 
 _TABLES = {
     "string": "idx_string",
@@ -51,7 +56,7 @@ _TABLES = {
 }
 _SUPPORTED_MODIFIERS = {
     "string": {"missing", "exact", "contains"},
-    "token": {"missing", "not", "text"},
+    "token": {"missing", "not", "text", "of-type"},
     "reference": {"missing", "identifier"},  # plus :[type]
     "date": {"missing"},
     "number": {"missing"},
@@ -113,6 +118,20 @@ class _Builder:
         self.now = now or datetime.now(UTC)
         self.binds: dict[str, object] = {}
         self.warnings: list[Issue] = []
+        self.alias = "r"  # the SQL alias of the resource row the criteria apply to
+        self.strict = False  # unknown parameters: warning (top level) or InvalidSearch (chains, _has)
+        self._aliases = [0]  # shared with child builders
+
+    def child(self, resource_type: str, alias: str) -> _Builder:
+        """A builder for criteria on another resource row (a chain target, a _has source)."""
+        c = copy.copy(self)
+        c.resource_type, c.alias, c.strict = resource_type, alias, True
+        return c
+
+    def new_aliases(self) -> tuple[str, str]:
+        """Fresh (link, resource) SQL aliases for one chain / _has level."""
+        self._aliases[0] += 1
+        return f"l{self._aliases[0]}", f"r{self._aliases[0]}"
 
     def bind(self, value: object) -> str:
         name = f"p{len(self.binds)}"
@@ -125,25 +144,27 @@ class _Builder:
     # -- one query parameter ----------------------------------------------------------------
     def parameter(self, raw_name: str, value: str) -> str | None:
         if raw_name.startswith("_has:") or raw_name == "_has":
-            raise _bad(raw_name, "reverse chaining (_has) is not yet supported")
-        name, _, modifier = raw_name.partition(":")
+            return has_sql(self, raw_name, value)
         if "." in raw_name:
-            raise _bad(raw_name, "chained parameters are not yet supported")
+            return chain_sql(self, raw_name, value)
+        name, _, modifier = raw_name.partition(":")
         if name == "_text":
             return self.text_param(raw_name, modifier, value)
         sp = self.registry.get(self.resource_type, name)
+        if sp is None and self.strict:
+            raise _bad(raw_name, f"unknown search parameter '{name}' for {self.resource_type}")
         if sp is None or name in _UNSUPPORTED_PARAMS:
             what = "Unknown" if sp is None else "Unsupported"
             self.warn(f"{what} search parameter '{name}' for {self.resource_type}: ignored")
             return None
-        if sp.type == "composite":
-            raise _bad(raw_name, "composite parameters are not yet supported")
         if sp.type == "special":
             self.warn(f"Special search parameter '{name}' is not supported: ignored")
             return None
         if value == "":
             self.warn(f"Search parameter '{raw_name}' has no value: ignored")
             return None
+        if sp.type == "composite":
+            return composite_sql(self, sp, raw_name, modifier, value)
         if name == "_id":
             return self.id_param(raw_name, modifier, value)
         if name == "_lastUpdated":
@@ -167,7 +188,7 @@ class _Builder:
         """``[NOT] EXISTS`` an index row of this resource for ``param`` (a bind placeholder)."""
         sql = (
             f"EXISTS (SELECT 1 FROM {table} t WHERE t.tenant_id = %(tenant)s"
-            f" AND t.resource_type = r.resource_type AND t.resource_id = r.id"
+            f" AND t.resource_type = {self.alias}.resource_type AND t.resource_id = {self.alias}.id"
             f" AND t.param = {param}"
         )
         sql += f" AND {_paren(condition)})" if condition else ")"
@@ -196,6 +217,9 @@ class _Builder:
         if sp.type == "reference" and modifier == "identifier":
             param = self.bind(sp.code + IDENTIFIER_SUFFIX)
             return self.exists("idx_token", param, _or([self.token_match(raw_name, p) for p in pieces]))
+        if sp.type == "token" and modifier == "of-type":
+            param = self.bind(sp.code + OF_TYPE_SUFFIX)
+            return self.exists("idx_token", param, _or([self.of_type_match(raw_name, p) for p in pieces]))
         param = self.bind(sp.code)
         build = getattr(self, f"{sp.type}_condition")
         cond = _or([build(sp, raw_name, modifier, p) for p in pieces])
@@ -208,13 +232,14 @@ class _Builder:
             return f"(t.text LIKE {self.bind(text + '%')} OR t.text LIKE {self.bind('% ' + text + '%')})"
         return self.token_match(raw_name, piece)
 
-    def token_match(self, raw_name: str, piece: str) -> str:
+    def token_match(self, raw_name: str, piece: str, suffix: str = "") -> str:
+        """``[system|]code`` on ``t.system``/``t.code`` (``t.system1``/``t.code1`` with ``suffix="1"``)."""
         parts = split_unescaped(piece, "|")
         if len(parts) == 1:
             code = unescape(parts[0])
             if not code:
                 raise _bad(raw_name, "empty token")
-            return f"t.code = {self.bind(token_key(code))}"
+            return f"t.code{suffix} = {self.bind(token_key(code))}"
         if len(parts) != 2:
             raise _bad(raw_name, f"a token is [system|]code, got {unescape(piece)!r}")
         system, code = unescape(parts[0]), unescape(parts[1])
@@ -222,10 +247,19 @@ class _Builder:
             raise _bad(raw_name, "empty token")
         system, code = token_key(system), token_key(code)  # type: ignore[assignment]
         if not system:
-            return f"t.system IS NULL AND t.code = {self.bind(code)}"
+            return f"t.system{suffix} IS NULL AND t.code{suffix} = {self.bind(code)}"
         if not code:
-            return f"t.system = {self.bind(system)}"
-        return f"t.system = {self.bind(system)} AND t.code = {self.bind(code)}"
+            return f"t.system{suffix} = {self.bind(system)}"
+        return f"t.system{suffix} = {self.bind(system)} AND t.code{suffix} = {self.bind(code)}"
+
+    def of_type_match(self, raw_name: str, piece: str) -> str:
+        """``:of-type=system|code|value`` (search.html#token): Identifier.type coding + value, all
+        three required; stored as ``(type system, "type code|value")`` under ``<code>:of-type``."""
+        parts = [unescape(p) for p in split_unescaped(piece, "|")]
+        if len(parts) != 3 or not all(parts):
+            raise _bad(raw_name, "with :of-type the value is system|code|value, all three required")
+        system, code, value = parts
+        return f"t.system = {self.bind(token_key(system))} AND t.code = {self.bind(token_key(code + '|' + value))}"
 
     # -- string -----------------------------------------------------------------------------
     def string_condition(self, sp: SearchParam, raw_name: str, modifier: str, piece: str) -> str:
@@ -391,10 +425,10 @@ class _Builder:
         if not ids:
             return None
         if modifier == "not":
-            return f"r.id <> ALL({self.bind(ids)})"
+            return f"{self.alias}.id <> ALL({self.bind(ids)})"
         if modifier:
             raise _bad(raw_name, f"modifier ':{modifier}' is not supported on _id")
-        return f"r.id = ANY({self.bind(ids)})"
+        return f"{self.alias}.id = ANY({self.bind(ids)})"
 
     def last_updated_param(self, raw_name: str, modifier: str, value: str) -> str | None:
         if modifier:
@@ -402,7 +436,7 @@ class _Builder:
         conds = []
         for piece in self.alternatives(raw_name, value):
             prefix, low, high = self.parse_date(None, raw_name, piece)
-            conds.append(self.range_sql(prefix, low, high, "r.last_updated", "r.last_updated"))
+            conds.append(self.range_sql(prefix, low, high, f"{self.alias}.last_updated", f"{self.alias}.last_updated"))
         return _or(conds) if conds else None
 
     def text_param(self, raw_name: str, modifier: str, value: str) -> str | None:
@@ -412,7 +446,7 @@ class _Builder:
             self.warn(f"_text does not apply to {self.resource_type}: ignored")
             return None
         conds = [
-            f"(r.content->'text'->>'div') ILIKE {self.bind('%' + like_escape(unescape(p)) + '%')}"
+            f"({self.alias}.content->'text'->>'div') ILIKE {self.bind('%' + like_escape(unescape(p)) + '%')}"
             for p in self.alternatives(raw_name, value)
         ]
         return _or(conds) if conds else None

@@ -3,7 +3,8 @@
 ``extract_index_rows(resource)`` evaluates every SearchParameter that applies to the resource's
 type and turns what each expression selects into rows for the ``idx_*`` tables (see ``rows``).
 Not indexed here: ``_id`` and ``_lastUpdated`` (columns of the ``resource`` table), parameters
-without an expression (``_text``, ``_content``, ``_query``), composite and special parameters.
+without an expression (``_text``, ``_content``, ``_query``), special parameters and the composite
+parameters ``composite`` does not support.
 
 Each parameter's expression is narrowed to the resource type and compiled once per type, by the
 FHIRPath translator (``fhirpath_compiler``) or, for anything it cannot translate, by ``fhirpathpy``
@@ -16,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fhir_server.search import fhirpath_compiler, fhirpath_fallback
+from fhir_server.search import composite, fhirpath_compiler, fhirpath_fallback
 from fhir_server.search.expressions import expression_for_type
 from fhir_server.search.fhirpath_model import get_model
 from fhir_server.search.fhirpath_parser import FhirPathSyntaxError
@@ -56,7 +57,7 @@ def plan_for_type(resource_type: str, engine: str = ENGINE, registry: SearchPara
     type_names = frozenset(get_model().parents)
     plan = []
     for code, sp in sorted(registry.for_type(resource_type).items()):
-        converter = CONVERTERS.get(sp.type)
+        converter = CONVERTERS.get(sp.type) if sp.type != "composite" else composite.converter(sp, registry)
         if converter is None or code in NOT_INDEXED:
             continue
         expression = expression_for_type(sp.expression, resource_type, type_names)

@@ -48,6 +48,8 @@ class IndexRows:
     )
     # ^ param, system, code, unit, value, low, high
     uri: list[tuple[str, str]] = field(default_factory=list)  # param, value
+    composite: list[tuple] = field(default_factory=list)
+    # ^ param, system1, code1, system, code, unit, value, low, high (see composite.py)
 
     def finish(self) -> IndexRows:
         """Drop duplicate rows and cut btree-indexed values to what PostgreSQL can index."""
@@ -62,14 +64,17 @@ class IndexRows:
             for p, tt, ti, tv, u in self.reference
         ]
         self.uri = [(p, url_key(v)) if _long(v, MAX_URL_BYTES) else (p, v) for p, v in self.uri]  # type: ignore[misc]
-        for name in ("string", "token", "reference", "date", "number", "quantity", "uri"):
+        for name in _KINDS:
             rows = getattr(self, name)
             if len(rows) > 1:
                 setattr(self, name, list(dict.fromkeys(rows)))
         return self
 
     def count(self) -> int:
-        return sum(len(getattr(self, n)) for n in ("string", "token", "reference", "date", "number", "quantity", "uri"))
+        return sum(len(getattr(self, n)) for n in _KINDS)
+
+
+_KINDS = ("string", "token", "reference", "date", "number", "quantity", "uri", "composite")
 
 
 def _long(value: str | None, max_bytes: int) -> bool:
@@ -116,6 +121,9 @@ def _coding_row(code: str, coding: dict) -> tuple[str, str | None, str | None, s
     return code, system, c, display
 
 
+OF_TYPE_SUFFIX = ":of-type"
+
+
 def token_rows(code: str, items: list[Item], rows: IndexRows) -> None:
     out = rows.token
     for value, ftype in items:
@@ -142,6 +150,11 @@ def token_rows(code: str, items: list[Item], rows: IndexRows) -> None:
             text = _text(type_.get("text")) if isinstance(type_, dict) else None
             if system or v:
                 out.append((code, system, v, text))
+            if v and isinstance(type_, dict):
+                # :of-type: token rows "<code>:of-type" = (type.coding.system, "type.coding.code|value")
+                for coding in type_.get("coding") or ():
+                    if isinstance(coding, dict) and (tc := _str(coding.get("code"))):
+                        out.append((code + OF_TYPE_SUFFIX, _str(coding.get("system")), f"{tc}|{v}", None))
         elif ftype == "ContactPoint" and (v := _str(value.get("value"))):
             # the token is the value; the server may use ContactPoint.system as the token system
             out.append((code, _str(value.get("system")), v, None))

@@ -19,6 +19,7 @@ INDEX_TABLES: dict[str, tuple[str, ...]] = {
     "number": ("value", "low", "high"),
     "quantity": ("system", "code", "unit", "value", "low", "high"),
     "uri": ("value",),
+    "composite": ("system1", "code1", "system", "code", "unit", "value", "low", "high"),
 }
 
 # PostgreSQL array type of each index column, for INSERT ... SELECT FROM unnest(arrays)
@@ -30,6 +31,7 @@ _ARRAY_TYPES: dict[str, tuple[str, ...]] = {
     "number": ("numeric", "numeric", "numeric"),
     "quantity": ("text", "text", "text", "numeric", "numeric", "numeric"),
     "uri": ("text",),
+    "composite": ("text", "text", "text", "text", "text", "numeric", "numeric", "numeric"),
 }
 _KEY = "tenant_id = %(t)s AND resource_type = %(rt)s"
 

@@ -80,3 +80,21 @@ def test_updates_reindex(client: httpx.Client) -> None:
 def test_invalid_search_value_is_400(client: httpx.Client) -> None:
     r = client.get("/Patient", params={"birthdate": "not-a-date"})
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_chained_and_reverse_chained_search_over_http(client: httpx.Client) -> None:
+    """search.html#chaining and #has, end to end through the write path's index rows."""
+    fam = _family()
+    pid = client.post("/Patient", json=new_patient(name=[{"family": fam}])).json()["id"]
+    code = uuid.uuid4().hex[:10]
+    obs = {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{pid}"},
+           "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+           "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+    oid = client.post("/Observation", json=obs).json()["id"]
+    chained = client.get("/Observation", params={"subject:Patient.family": fam}).json()
+    assert [e["resource"]["id"] for e in chained["entry"]] == [oid]
+    has = client.get("/Patient", params={"_has:Observation:subject:code": f"http://loinc.org|{code}"}).json()
+    assert [e["resource"]["id"] for e in has["entry"]] == [pid]
+    composite = client.get("/Observation", params={"code-value-quantity": f"http://loinc.org|{code}$gt100"}).json()
+    assert composite["total"] == 1
+    assert client.get("/Observation", params={"code-value-quantity": f"http://loinc.org|{code}$lt100"}).json()["total"] == 0
