@@ -22,8 +22,17 @@ def format_instant(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def http_date(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    """RFC 9110 IMF-fixdate, e.g. ``Sun, 29 Nov 2026 09:30:15 GMT`` (no locale, unlike strftime)."""
+    u = dt.astimezone(UTC)
+    return (
+        f"{_DAYS[u.weekday()]}, {u.day:02d} {_MONTHS[u.month - 1]} {u.year:04d} "
+        f"{u.hour:02d}:{u.minute:02d}:{u.second:02d} GMT"
+    )
 
 
 def parse_http_date(value: str) -> datetime | None:

@@ -8,7 +8,7 @@ so queries go through psycopg directly; SQLAlchemy/Alembic run the schema migrat
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -30,10 +30,9 @@ class Database:
     async def close(self) -> None:
         await self.pool.close()
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection]:
-        async with self.pool.connection() as conn:
-            yield conn
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A pooled autocommit connection (the pool's own context manager: no extra layer per read)."""
+        return self.pool.connection()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
