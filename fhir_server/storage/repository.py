@@ -153,9 +153,14 @@ def _write_params(tenant: str, v: StoredVersion, rows: IndexRowsLike | None) -> 
     return params
 
 
+def create_statement(tenant: str, v: StoredVersion, rows: IndexRowsLike | None) -> tuple[str, dict[str, Any]]:
+    """The one statement that writes a new resource: its row, history row and index rows."""
+    return _CREATE_SQL, _write_params(tenant, v, rows)
+
+
 async def insert_first(conn: AsyncConnection, tenant: str, v: StoredVersion, rows: IndexRowsLike | None) -> bool:
     """Write version 1 with its history and index rows; False if the id is taken (a concurrent create)."""
-    cur = await conn.execute(_CREATE_SQL, _write_params(tenant, v, rows), prepare=True)
+    cur = await conn.execute(*create_statement(tenant, v, rows), prepare=True)
     row = await cur.fetchone()
     return bool(row and row[0] == 1)
 

