@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fhir_server import logs
 from fhir_server.api import errors, routes
 from fhir_server.api.middleware import RequestIdAndLog
+from fhir_server.audit.middleware import AuditTrail
+from fhir_server.audit.sink import AuditSink
 from fhir_server.auth.middleware import BearerAuth
 from fhir_server.auth.tokens import TokenVerifier, load_or_create_secret
 from fhir_server.settings import Settings
@@ -49,11 +51,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
         await db.open()
         app.state.db = db
+        app.state.audit_sink = AuditSink(db)
+        app.state.audit_sink.start()
         _warm_up()
         log.info("fhir server ready", extra={"dev_mode": settings.dev_mode})
         try:
             yield
         finally:
+            await app.state.audit_sink.stop()
             await db.close()
 
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None, title="fhir-server")
@@ -67,5 +72,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         secret = settings.auth_secret.get_secret_value() if settings.auth_secret else load_or_create_secret(database_url)
         verifier = TokenVerifier(secret)
     app.add_middleware(BearerAuth, verifier=verifier)
+    app.add_middleware(AuditTrail)  # outside auth, so refused requests are audited too
     app.add_middleware(RequestIdAndLog, access_log=settings.access_log)
     return app

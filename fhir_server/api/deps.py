@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from fhir_server.audit.actor import Actor
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import Forbidden, ResourceNotFound
 from fhir_server.services.resources import ResourceService
@@ -17,8 +18,15 @@ def tenant_of(request: Request) -> str:
     return tenant
 
 
+def actor_of(request: Request) -> Actor:
+    state = request.scope.get("state", {})
+    principal = state.get("principal")
+    agent = principal.subject if principal is not None else "development-mode"
+    return Actor(agent, state.get("request_id"), request.method, request.scope["path"])
+
+
 def service(request: Request) -> ResourceService:
-    return ResourceService(request.app.state.db, tenant_of(request))
+    return ResourceService(request.app.state.db, tenant_of(request), actor_of(request))
 
 
 def checked_type(resource_type: str) -> str:

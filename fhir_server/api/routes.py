@@ -73,11 +73,15 @@ def _shape(segments: list[str]) -> tuple[str, list[str]]:
     return "/".join(shape), params
 
 
+def shape_of(path: str) -> tuple[str, list[str]]:
+    """The shape and parameters of a ``/fhir/...`` path."""
+    rest = path[len("/fhir") :].strip("/")
+    return _shape(rest.split("/") if rest else [])
+
+
 async def dispatch(request: Request) -> Response:
     path: str = request.scope["path"]
-    rest = path[len("/fhir") :].strip("/")
-    segments = rest.split("/") if rest else []
-    shape, params = _shape(segments)
+    shape, params = shape_of(path)
     methods = _TABLE.get(shape)
     if methods is None:
         raise ResourceNotFound(f"No FHIR endpoint at {path}")

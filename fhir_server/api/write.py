@@ -28,6 +28,7 @@ async def create(resource_type: str, request: Request) -> Response:
     result = await service(request).create(resource_type, body, if_none_exist=if_none_exist)  # type: ignore[arg-type]
     if not result.created:
         return write_response(request, result.version, 200, location=False, message="Matched an existing resource; nothing created")
+    _audited(request)
     return write_response(request, result.version, 201, location=True, message="Created")
 
 
@@ -35,6 +36,7 @@ async def update(resource_type: str, resource_id: str, request: Request) -> Resp
     checked_type(resource_type)
     body = await _resource_body(request)
     result = await service(request).update(resource_type, resource_id, body, if_match=parse_if_match(request))  # type: ignore[arg-type]
+    _audited(request)
     status = 201 if result.created else 200
     return write_response(request, result.version, status, location=result.created, message="Created" if result.created else "Updated")
 
@@ -45,6 +47,7 @@ async def conditional_update(resource_type: str, request: Request) -> Response:
         raise BadRequest("PUT on a type needs search criteria (conditional update) or an id in the URL")
     body = await _resource_body(request)
     result = await service(request).conditional_update(resource_type, _criteria(request), body, if_match=parse_if_match(request))  # type: ignore[arg-type]
+    _audited(request)
     status = 201 if result.created else 200
     return write_response(request, result.version, status, location=result.created, message="Created" if result.created else "Updated")
 
@@ -64,6 +67,7 @@ async def patch(resource_type: str, resource_id: str, request: Request) -> Respo
     checked_type(resource_type)
     body = await _patch_body(request)
     result = await service(request).patch(resource_type, resource_id, body, if_match=parse_if_match(request))
+    _audited(request)
     return write_response(request, result.version, 200, location=False, message="Patched")
 
 
@@ -73,10 +77,18 @@ async def conditional_patch(resource_type: str, request: Request) -> Response:
         raise BadRequest("PATCH on a type needs search criteria (conditional patch)")
     body = await _patch_body(request)
     result = await service(request).conditional_patch(resource_type, _criteria(request), body)
+    _audited(request)
     return write_response(request, result.version, 200, location=False, message="Patched")
 
 
+def _audited(request: Request) -> None:
+    """The write's own statement recorded its audit row; the audit middleware need not."""
+    request.scope.setdefault("state", {})["audited"] = True
+
+
 def _deleted(request: Request, version_id: int | None, message: str) -> Response:
+    if version_id:
+        _audited(request)
     headers = {"ETag": f'W/"{version_id}"'} if version_id else {}
     if request.headers.get("prefer", "").replace(" ", "").find("return=OperationOutcome") >= 0:
         return fhir_response(request, operation_outcome([Issue("information", "informational", message)]), 200, headers)

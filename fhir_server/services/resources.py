@@ -15,6 +15,7 @@ from typing import Any
 import jsonpatch
 import orjson
 
+from fhir_server.audit.actor import Actor
 from fhir_server.errors import (
     BadRequest,
     InvalidResource,
@@ -77,9 +78,10 @@ def _lock_key(*parts: str) -> int:
 
 
 class ResourceService:
-    def __init__(self, db: Database, tenant: str) -> None:
+    def __init__(self, db: Database, tenant: str, actor: Actor) -> None:
         self.db = db
         self.tenant = tenant
+        self.actor = actor
 
     # ---- reads ---------------------------------------------------------------------------
     async def read(self, resource_type: str, resource_id: str) -> StoredVersion:
@@ -139,7 +141,7 @@ class ResourceService:
         last_updated = _next_instant(None)
         text = _stamp(resource, resource_id, 1, last_updated)
         version = StoredVersion(resource_type, resource_id, 1, last_updated, False, text, method)
-        if await repo.insert_first(conn, self.tenant, version, _index_rows(resource)):
+        if await repo.insert_first(conn, self.tenant, version, _index_rows(resource), self.actor):
             return version
         return None
 
@@ -152,7 +154,7 @@ class ResourceService:
         text = _stamp(resource, current.id, next_id, last_updated) if resource is not None else None
         version = StoredVersion(current.resource_type, current.id, next_id, last_updated, resource is None, text, method)
         rows = _index_rows(resource) if resource is not None else None
-        if await repo.replace_version(conn, self.tenant, version, current.version_id, rows):
+        if await repo.replace_version(conn, self.tenant, version, current.version_id, rows, self.actor):
             return version
         return None
 

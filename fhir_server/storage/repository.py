@@ -11,6 +11,10 @@ from typing import Any, Protocol
 
 from psycopg import AsyncConnection
 
+from fhir_server.audit.actor import Actor, write_action
+
+SYSTEM = Actor("system")
+
 INDEX_TABLES: dict[str, tuple[str, ...]] = {
     "string": ("value_norm", "value_exact"),
     "token": ("system", "code", "text"),
@@ -53,6 +57,14 @@ def _index_ctes(guard: str, *, delete_old: bool) -> str:
     return ", ".join(parts)
 
 
+# the audit row of a successful write, in the same statement (AuditEvent.action from the interaction)
+_AUDIT_FROM = (
+    "a AS (INSERT INTO audit_event (tenant_id, recorded, action, interaction, outcome, status, agent, "
+    "request_id, method, path, resource_type, resource_id, version_id) "
+    "SELECT %(t)s, %(lu)s, %(a_action)s, %(a_interaction)s, '0', %(a_status)s, %(a_agent)s, %(a_request)s, "
+    "%(a_method)s, %(a_path)s, %(rt)s, %(id)s, %(v)s FROM {guard})"
+)
+
 _HISTORY_FROM = (
     "h AS (INSERT INTO resource_history "
     "(tenant_id, resource_type, id, version_id, last_updated, deleted, method, content) "
@@ -66,6 +78,7 @@ _CREATE_SQL = (
     "VALUES (%(t)s, %(rt)s, %(id)s, %(v)s, %(lu)s, %(del)s, %(content)s::jsonb) "
     "ON CONFLICT (tenant_id, resource_type, id) DO NOTHING RETURNING 1), "
     + _HISTORY_FROM.format(guard="w") + ", "
+    + _AUDIT_FROM.format(guard="w") + ", "
     + _index_ctes("w", delete_old=False)
     + " SELECT count(*) FROM w"
 )
@@ -73,6 +86,7 @@ _REPLACE_SQL = (
     "WITH w AS (UPDATE resource SET version_id = %(v)s, last_updated = %(lu)s, deleted = %(del)s, "
     "content = %(content)s::jsonb WHERE " + _KEY + " AND id = %(id)s AND version_id = %(prev)s RETURNING 1), "
     + _HISTORY_FROM.format(guard="w") + ", "
+    + _AUDIT_FROM.format(guard="w") + ", "
     + _index_ctes("w", delete_old=True)
     + " SELECT count(*) FROM w"
 )
@@ -140,10 +154,13 @@ async def exists_any_version(conn: AsyncConnection, tenant: str, resource_type: 
     return await cur.fetchone() is not None
 
 
-def _write_params(tenant: str, v: StoredVersion, rows: IndexRowsLike | None) -> dict[str, Any]:
+def _write_params(tenant: str, v: StoredVersion, rows: IndexRowsLike | None, actor: Actor) -> dict[str, Any]:
+    action, interaction, status = write_action(v.method, v.version_id, v.deleted)
     params: dict[str, Any] = {
         "t": tenant, "rt": v.resource_type, "id": v.id, "v": v.version_id, "lu": v.last_updated,
         "del": v.deleted, "method": v.method, "content": v.content,
+        "a_action": action, "a_interaction": interaction, "a_status": status, "a_agent": actor.agent,
+        "a_request": actor.request_id, "a_method": actor.method, "a_path": actor.path,
     }
     for kind, cols in INDEX_TABLES.items():
         table_rows = getattr(rows, kind) if rows is not None else None
@@ -153,24 +170,28 @@ def _write_params(tenant: str, v: StoredVersion, rows: IndexRowsLike | None) -> 
     return params
 
 
-def create_statement(tenant: str, v: StoredVersion, rows: IndexRowsLike | None) -> tuple[str, dict[str, Any]]:
-    """The one statement that writes a new resource: its row, history row and index rows."""
-    return _CREATE_SQL, _write_params(tenant, v, rows)
+def create_statement(
+    tenant: str, v: StoredVersion, rows: IndexRowsLike | None, actor: Actor = SYSTEM
+) -> tuple[str, dict[str, Any]]:
+    """The one statement that writes a new resource: its row, history row, audit row and index rows."""
+    return _CREATE_SQL, _write_params(tenant, v, rows, actor)
 
 
-async def insert_first(conn: AsyncConnection, tenant: str, v: StoredVersion, rows: IndexRowsLike | None) -> bool:
+async def insert_first(
+    conn: AsyncConnection, tenant: str, v: StoredVersion, rows: IndexRowsLike | None, actor: Actor
+) -> bool:
     """Write version 1 with its history and index rows; False if the id is taken (a concurrent create)."""
-    cur = await conn.execute(*create_statement(tenant, v, rows), prepare=True)
+    cur = await conn.execute(*create_statement(tenant, v, rows, actor), prepare=True)
     row = await cur.fetchone()
     return bool(row and row[0] == 1)
 
 
 async def replace_version(
-    conn: AsyncConnection, tenant: str, v: StoredVersion, previous: int, rows: IndexRowsLike | None
+    conn: AsyncConnection, tenant: str, v: StoredVersion, previous: int, rows: IndexRowsLike | None, actor: Actor
 ) -> bool:
     """Write version ``v`` over ``previous`` with history and index rows; False if ``previous`` is
     no longer current (another write won): the caller re-reads, or answers 412 under If-Match."""
-    params = _write_params(tenant, v, rows)
+    params = _write_params(tenant, v, rows, actor)
     params["prev"] = previous
     cur = await conn.execute(_REPLACE_SQL, params, prepare=True)
     row = await cur.fetchone()

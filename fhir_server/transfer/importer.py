@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
+from fhir_server.audit.actor import Actor
 from fhir_server.errors import FhirError
 from fhir_server.services.conditional import find_matches
 from fhir_server.services.resources import ResourceService
@@ -74,7 +75,7 @@ async def _write(service: ResourceService, item: ImportItem) -> None:
 async def run_import(database_url: str, paths: list[Path], *, tenant: str) -> int:
     db = Database(database_url, min_size=1, max_size=2, application_name="fhir-import")
     await db.open()
-    service = ResourceService(db, tenant)
+    service = ResourceService(db, tenant, Actor("fhir-server import", method="SYSTEM", path="import"))
     written = 0
     bad: list[tuple[Path, str]] = []
     files = discover(paths)

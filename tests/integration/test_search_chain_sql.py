@@ -324,9 +324,9 @@ def test_write_path_stores_composite_rows(conn: psycopg.Connection) -> None:
 
     resource = _obs("wp1", "Device/d1", "wp-code", valueCodeableConcept={"coding": [{"code": "wp-value"}]})
     version = repository.StoredVersion("Observation", "wp1", 1, NOW, False, json.dumps(resource))
-    conn.execute(repository._CREATE_SQL, repository._write_params("default", version, extract_index_rows(resource)))
+    conn.execute(*repository.create_statement("default", version, extract_index_rows(resource)))
     assert search(conn, "Observation", "code-value-concept=wp-code$wp-value") == {"wp1"}
     empty = {"resourceType": "Observation", "id": "wp2", "status": "final", "code": {"text": "none"}}
     version = repository.StoredVersion("Observation", "wp2", 1, NOW, False, json.dumps(empty))
-    conn.execute(repository._CREATE_SQL, repository._write_params("default", version, extract_index_rows(empty)))
+    conn.execute(*repository.create_statement("default", version, extract_index_rows(empty)))
     assert search(conn, "Observation", "_id=wp2") == {"wp2"}
