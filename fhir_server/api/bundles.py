@@ -34,13 +34,26 @@ def decode_cursor(token: str, shape: tuple[type, ...]) -> tuple[Any, ...]:
         raise BadRequest("The paging token is not valid", expression=PAGE_PARAM) from None
 
 
-def page_links(request: Request, next_token: str | None) -> list[dict[str, str]]:
+def page_links(
+    request: Request,
+    next_token: str | None,
+    params: list[tuple[str, str]] | None = None,
+    previous_token: str | None = None,
+    with_first: bool = False,
+) -> list[dict[str, str]]:
+    """``self`` (``params``: what was applied; default: the request's query), ``first``, ``next``,
+    ``previous`` (http.html#paging). Links carry the paging token in ``_page``."""
     path = base_url(request) + request.url.path.removeprefix("/fhir")
-    params = [(k, v) for k, v in request.query_params.multi_items()]
+    if params is None:
+        params = [(k, v) for k, v in request.query_params.multi_items()]
     links = [{"relation": "self", "url": path + ("?" + urlencode(params) if params else "")}]
+    rest = [(k, v) for k, v in params if k != PAGE_PARAM]
+    if with_first:
+        links.append({"relation": "first", "url": path + ("?" + urlencode(rest) if rest else "")})
+    if previous_token:
+        links.append({"relation": "previous", "url": path + "?" + urlencode([*rest, (PAGE_PARAM, previous_token)])})
     if next_token:
-        nxt = [(k, v) for k, v in params if k != PAGE_PARAM] + [(PAGE_PARAM, next_token)]
-        links.append({"relation": "next", "url": path + "?" + urlencode(nxt)})
+        links.append({"relation": "next", "url": path + "?" + urlencode([*rest, (PAGE_PARAM, next_token)])})
     return links
 
 
@@ -92,16 +105,24 @@ def history_bundle(request: Request, versions: list[StoredVersion], next_token: 
 
 
 def searchset_bundle(
-    request: Request, versions: list[StoredVersion], total: int | None, next_token: str | None, outcome: dict[str, Any] | None
+    request: Request,
+    versions: list[StoredVersion],
+    total: int | None,
+    links: list[dict[str, str]],
+    outcome: dict[str, Any] | None,
+    included: list[StoredVersion] | None = None,
 ) -> bytes:
+    """A searchset (search.html#return): matches, then included resources (``search.mode =
+    include``), then the OperationOutcome of warnings (``outcome``)."""
     base = base_url(request)
     header: dict[str, Any] = {"type": "searchset"}
     if total is not None:
         header["total"] = total
-    header["link"] = page_links(request, next_token)
+    header["link"] = links
     entries: list[tuple[dict[str, Any], bytes | None]] = [
-        ({"fullUrl": f"{base}/{v.resource_type}/{v.id}", "search": {"mode": "match"}}, resource_body(request, v))
-        for v in versions
+        ({"fullUrl": f"{base}/{v.resource_type}/{v.id}", "search": {"mode": mode}}, resource_body(request, v))
+        for group, mode in ((versions, "match"), (included or [], "include"))
+        for v in group
     ]
     if outcome is not None:
         entries.append(({"search": {"mode": "outcome"}}, orjson.dumps(outcome)))

@@ -26,7 +26,7 @@ async def _transaction_or_batch(request: Request) -> Response:
 
 
 async def _system_search(request: Request) -> Response:
-    raise NotImplementedInteraction("Search across all types is not supported yet; search one type")
+    return await search.search_system(request)
 
 
 # shape → {method: handler}; a shape names the literal segments, "T" a type, "I" an id, "V" a version

@@ -1,70 +1,186 @@
-"""search (https://hl7.org/fhir/R4/http.html#search, https://hl7.org/fhir/R4/search.html)."""
+"""search (https://hl7.org/fhir/R4/http.html#search, https://hl7.org/fhir/R4/search.html).
+
+Type-level ``GET [type]?…`` / ``POST [type]/_search`` and system-level ``GET [base]?_type=…``.
+Criteria go to ``build_where``; the result parameters are handled here: ``_sort`` (``search.sort``),
+``_count`` (capped at ``settings.max_page_size``), ``_page`` (keyset tokens, ``search.paging``),
+``_total``, ``_include``/``_revinclude`` (``search.include``), ``_summary``, ``_elements``.
+The bundle's ``self`` link lists only what was applied.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhir_server.api.bundles import PAGE_PARAM, decode_cursor, encode_cursor, searchset_bundle
+from fhir_server.api.bundles import page_links, searchset_bundle
 from fhir_server.api.deps import checked_type, tenant_of
-from fhir_server.api.paging import page_size
 from fhir_server.api.responses import fhir_response
+from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import BadRequest, InvalidSearch, Issue, operation_outcome
+from fhir_server.search.include import MAX_INCLUDES, load_includes, parse_includes
+from fhir_server.search.paging import PAGE_PARAM, decode_page, encode_page
+from fhir_server.search.registry import get_registry
+from fhir_server.search.sort import build_sort, common_param_type
 from fhir_server.storage.search import SearchQuery, run_search
 
 RESULT_PARAMS = frozenset(
     {"_count", "_summary", "_elements", "_format", "_pretty", "_total", PAGE_PARAM, "_sort", "_include",
      "_revinclude", "_contained", "_containedType"}
 )
-_NOT_YET = ("_sort", "_include", "_revinclude", "_contained", "_containedType")
+_NOT_YET = ("_contained", "_containedType")
+_KEPT = ("_summary", "_elements", "_format", "_pretty")  # applied as given, kept in the links
+# search.html#all: without _type only these (all of them Resource-level) may be used
+SYSTEM_PARAMS = frozenset({"_id", "_lastUpdated", "_tag", "_profile", "_security", "_source"})
+TOTAL_MODES = ("none", "estimate", "accurate")
 
 
 def _strict(request: Request) -> bool:
     return "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
 
 
-async def _search(request: Request, resource_type: str, pairs: list[tuple[str, str]]) -> Response:
-    checked_type(resource_type)
-    criteria = [(k, v) for k, v in pairs if k not in RESULT_PARAMS]
+def _base_name(name: str) -> str:
+    return name.split(".", 1)[0].split(":", 1)[0]
+
+
+def _is_result(name: str) -> bool:
+    return name in RESULT_PARAMS or _base_name(name) in ("_include", "_revinclude")
+
+
+def _warning(message: str, expression: str | None = None) -> Issue:
+    return Issue("warning", "not-supported", message, expression)
+
+
+def _count(request: Request, pairs: list[tuple[str, str]]) -> int | None:
+    raw = next((v for k, v in reversed(pairs) if k == "_count"), None)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BadRequest(f"_count must be a non-negative integer, not '{raw}'", expression="_count")
+    return min(int(raw), int(request.app.state.settings.max_page_size))
+
+
+async def _search(
+    request: Request, types: list[str] | None, pairs: list[tuple[str, str]], system: bool = False
+) -> Response:
     from fhir_server.search.compile import build_where
 
-    where = build_where(resource_type, criteria)
-    warnings = list(where.warnings)
-    for name in _NOT_YET:
-        if any(k == name for k, _ in pairs):
-            warnings.append(InvalidSearch(f"{name} is not supported yet and was ignored").issues[0])
+    registry = get_registry()
+    warnings: list[Issue] = []
+    applied: list[tuple[str, str]] = []
+    if system and types is not None:
+        applied.append(("_type", ",".join(types)))
+    compile_type = types[0] if types else "Patient"  # Resource-level parameters compile alike for every type
+    criteria: list[tuple[str, str]] = []
+    for name, value in pairs:
+        if _is_result(name) or (system and name == "_type"):
+            continue
+        if system:
+            base = _base_name(name)
+            allowed = (
+                base in SYSTEM_PARAMS
+                if types is None
+                else not name.startswith("_has") and common_param_type(types, base, registry) is not None
+            )
+            if not allowed:
+                why = "only _id, _lastUpdated, _tag, _profile, _security, _source" if types is None else (
+                    f"not a parameter common to {', '.join(types)}"
+                )
+                warnings.append(_warning(f"Search parameter '{name}' is {why}: ignored", name))
+                continue
+        one = build_where(compile_type, [(name, value)])
+        warnings += one.warnings
+        if one.sql != "TRUE":
+            criteria.append((name, value))
+    where = build_where(compile_type, criteria)
+    applied += criteria
+
+    binds = dict(where.binds)
+
+    def bind(v: object) -> str:
+        key = f"srt{len(binds)}"
+        binds[key] = v
+        return f"%({key})s"
+
+    sort = build_sort(types or [], [v for k, v in pairs if k == "_sort"], bind, registry)
+    warnings += sort.warnings
+    if sort.applied:
+        applied.append(("_sort", sort.value))
+
+    count = _count(request, pairs)
+    if count is not None:
+        applied.append(("_count", str(count)))
+    total_mode = "accurate"
+    total_raw = next((v for k, v in reversed(pairs) if k == "_total"), None)
+    if total_raw is not None:
+        if total_raw in TOTAL_MODES:
+            total_mode = total_raw
+            applied.append(("_total", total_raw))
+        else:
+            warnings.append(_warning(f"_total={total_raw} is not one of none, estimate, accurate: ignored", "_total"))
+    includes, include_warnings = parse_includes(pairs, types, registry)
+    warnings += include_warnings
+    applied += [(s.name, s.value) for s in includes]
+    for name, value in pairs:
+        if name in _KEPT:
+            applied.append((name, value))
+        elif name in _NOT_YET:
+            warnings.append(_warning(f"{name} is not supported yet and was ignored", name))
     if warnings and _strict(request):
         raise InvalidSearch("Unknown or unsupported search parameters", issues=warnings)
-    summary = dict(pairs).get("_summary")
-    count = 0 if summary == "count" else page_size(request)
-    after = None
-    page = dict(pairs).get(PAGE_PARAM)
-    if page:
-        after = decode_cursor(page, (datetime, str))
-    q = SearchQuery(
-        tenant_of(request), resource_type, where.sql, where.binds, count, after,  # type: ignore[arg-type]
-        with_total=dict(pairs).get("_total") != "none",
-    )
+
+    summary_count = any(k == "_summary" and v == "count" for k, v in pairs)
+    if count is None:
+        count = int(request.app.state.settings.default_page_size)
+    if summary_count:
+        count, total_mode = 0, "accurate"
+    raw_page = next((v for k, v in reversed(pairs) if k == PAGE_PARAM), None)
+    token = decode_page(raw_page, sort.keys) if raw_page else None
+    q = SearchQuery(tenant_of(request), types, where.sql, binds, count, sort.keys, token, total_mode)
+    included = []
     async with request.app.state.db.connection() as conn:
-        rows, total, cursor = await run_search(conn, q)
-    outcome = None
-    if warnings:
-        outcome = operation_outcome([Issue("warning", w.code, w.diagnostics, w.expression) for w in warnings])
-    token = encode_cursor(cursor) if cursor else None
-    return fhir_response(request, searchset_bundle(request, rows, total, token, outcome))
+        page = await run_search(conn, q)
+        if includes and page.rows:
+            included, capped = await load_includes(conn, q.tenant, page.rows, includes, MAX_INCLUDES)
+            if capped is not None:
+                warnings.append(capped)
+    outcome = operation_outcome(warnings) if warnings else None
+    self_params = applied + ([(PAGE_PARAM, raw_page)] if raw_page else [])
+    links = page_links(
+        request,
+        encode_page(page.next) if page.next else None,
+        self_params,
+        encode_page(page.previous) if page.previous else None,
+        with_first=True,
+    )
+    return fhir_response(request, searchset_bundle(request, page.rows, page.total, links, outcome, included))
 
 
 async def search_type(resource_type: str, request: Request) -> Response:
-    return await _search(request, resource_type, request.query_params.multi_items())
+    checked_type(resource_type)
+    return await _search(request, [resource_type], request.query_params.multi_items())
 
 
 async def search_post(resource_type: str, request: Request) -> Response:
+    checked_type(resource_type)
     ct = request.headers.get("content-type", "")
     if not ct.startswith("application/x-www-form-urlencoded"):
         raise BadRequest("POST _search needs an application/x-www-form-urlencoded body")
     body = (await request.body()).decode()
     pairs = request.query_params.multi_items() + parse_qsl(body, keep_blank_values=True)
-    return await _search(request, resource_type, pairs)
+    return await _search(request, [resource_type], pairs)
+
+
+async def search_system(request: Request) -> Response:
+    """``GET [base]?_type=A,B&…`` (search.html#all, http.html#search): parameters common to the
+    listed types; without ``_type`` only the Resource-level ones in ``SYSTEM_PARAMS``."""
+    pairs = request.query_params.multi_items()
+    raw_types = [t for k, v in pairs if k == "_type" for t in v.split(",") if t.strip()]
+    types = None
+    if raw_types:
+        unknown = [t for t in raw_types if t.strip() not in RESOURCE_TYPES]
+        if unknown:
+            raise InvalidSearch(f"_type: {', '.join(unknown)} is not a FHIR R4 resource type")
+        types = list(dict.fromkeys(t.strip() for t in raw_types))
+    return await _search(request, types, pairs, system=True)

@@ -1,53 +1,106 @@
-"""Running a compiled search against the resource table (tenant first, index tables via EXISTS)."""
+"""Running a compiled search against the resource table (tenant first, index tables via EXISTS).
+
+The page is a keyset page over the sort keys (``fhir_server.search.paging``): the page query
+selects the sort values with each row so the boundary rows give the next/previous tokens.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 from psycopg import AsyncConnection
 
+from fhir_server.search.paging import PageToken, SortKey, after_condition, order_by
+from fhir_server.search.sort import DEFAULT_ORDER
 from fhir_server.storage.repository import StoredVersion
 
-Cursor = tuple[datetime, str]
+_COLS = "r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content::text AS content"
 
 
 @dataclass(slots=True)
 class SearchQuery:
     tenant: str
-    resource_type: str
+    resource_types: list[str] | None  # None: every type (system search)
     where_sql: str
     binds: dict[str, object]
     count: int
-    after: Cursor | None = None
-    with_total: bool = True
+    order: list[SortKey] = field(default_factory=lambda: list(DEFAULT_ORDER))
+    page: PageToken | None = None
+    total: str = "accurate"  # none | estimate | accurate
 
 
-async def run_search(conn: AsyncConnection, q: SearchQuery) -> tuple[list[StoredVersion], int | None, Cursor | None]:
-    binds = dict(q.binds, tenant=q.tenant, rtype=q.resource_type)
-    base = "FROM resource r WHERE r.tenant_id = %(tenant)s AND r.resource_type = %(rtype)s AND NOT r.deleted"
+@dataclass(slots=True)
+class SearchPage:
+    rows: list[StoredVersion]
+    total: int | None
+    next: PageToken | None
+    previous: PageToken | None
+
+
+def _base(q: SearchQuery, binds: dict[str, Any]) -> str:
+    base = "FROM resource r WHERE r.tenant_id = %(tenant)s AND NOT r.deleted"
+    if q.resource_types is not None:
+        if len(q.resource_types) == 1:
+            binds["rtype"] = q.resource_types[0]
+            base += " AND r.resource_type = %(rtype)s"
+        else:
+            binds["rtypes"] = list(q.resource_types)
+            base += " AND r.resource_type = ANY(%(rtypes)s)"
     if q.where_sql:
         base += f" AND ({q.where_sql})"
+    return base
+
+
+async def run_search(conn: AsyncConnection, q: SearchQuery) -> SearchPage:
+    binds: dict[str, Any] = dict(q.binds, tenant=q.tenant)
+    base = _base(q, binds)
     total = None
-    if q.with_total:
+    if q.total == "accurate":
         cur = await conn.execute(f"SELECT count(*) {base}", binds)
         row = await cur.fetchone()
         total = int(row[0]) if row else 0
+    elif q.total == "estimate":
+        cur = await conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 {base}", binds)
+        row = await cur.fetchone()
+        plan = row[0] if row else None
+        if isinstance(plan, (str, bytes)):
+            plan = orjson.loads(plan)
+        total = int(plan[0]["Plan"]["Plan Rows"]) if plan else 0
     if q.count == 0:
-        return [], total, None
-    page = base
-    if q.after:
-        page += " AND (r.last_updated, r.id) < (%(c_t)s, %(c_id)s)"
-        binds.update(c_t=q.after[0], c_id=q.after[1])
+        return SearchPage([], total, None, None)
+
+    cols = [f"q.s{i}" for i in range(len(q.order))]
+    sort_cols = ", ".join(f"{k.sql} AS s{i}" for i, k in enumerate(q.order))
+    backward = q.page.backward if q.page else False
+    sql = f"SELECT q.* FROM (SELECT {_COLS}, {sort_cols} {base}) q"
+    if q.page:
+        n = [0]
+
+        def bind(v: object) -> str:
+            n[0] += 1
+            binds[f"k{n[0]}"] = v
+            return f"%(k{n[0]})s"
+
+        sql += " WHERE " + after_condition(q.order, cols, q.page.values, backward, bind)
     binds["limit"] = q.count + 1
-    cur = await conn.execute(
-        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content::text "
-        f"{page} ORDER BY r.last_updated DESC, r.id DESC LIMIT %(limit)s",
-        binds,
-    )
-    rows = [StoredVersion(*row) for row in await cur.fetchall()]
-    next_cursor = None
-    if len(rows) > q.count:
-        rows = rows[: q.count]
-        next_cursor = (rows[-1].last_updated, rows[-1].id)
-    return rows, total, next_cursor
+    sql += f" ORDER BY {order_by(q.order, cols, backward)} LIMIT %(limit)s"
+    cur = await conn.execute(sql, binds)
+    fetched = await cur.fetchall()
+    more = len(fetched) > q.count
+    fetched = fetched[: q.count]
+    if backward:
+        fetched.reverse()
+    rows = [StoredVersion(*r[:6]) for r in fetched]
+    first = PageToken(True, tuple(fetched[0][6:])) if fetched else None
+    last = PageToken(False, tuple(fetched[-1][6:])) if fetched else None
+    if backward:
+        # came from a later page: it is the next one; a previous one only if more rows were left
+        # (an empty backward page, everything before having been deleted, leaves only `first`)
+        nxt = last
+        prev = first if more else None
+    else:
+        nxt = last if more else None
+        prev = first if q.page is not None and fetched else None
+    return SearchPage(rows, total, nxt, prev)
