@@ -1,4 +1,4 @@
-"""_count (https://hl7.org/fhir/R4/search.html#count)."""
+"""_count (https://hl7.org/fhir/R4/search.html#count): a non-negative integer, capped by the server."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ from starlette.requests import Request
 from fhir_server.errors import BadRequest
 
 
-def page_size(request: Request) -> int:
-    settings = request.app.state.settings
-    raw = request.query_params.get("_count")
+def parse_count(request: Request, raw: str | None) -> int | None:
+    """The page size asked for, capped at ``max_page_size``; None when ``_count`` is absent."""
     if raw is None:
-        return int(settings.default_page_size)
+        return None
     if not raw.isdigit():
         raise BadRequest(f"_count must be a non-negative integer, not '{raw}'", expression="_count")
-    return min(int(raw), int(settings.max_page_size))
+    return min(int(raw), int(request.app.state.settings.max_page_size))
+
+
+def page_size(request: Request) -> int:
+    """``_count`` of the query string, or the default page size."""
+    count = parse_count(request, request.query_params.get("_count"))
+    return int(request.app.state.settings.default_page_size) if count is None else count

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from fhir_server.api.bundles import page_links, searchset_bundle
 from fhir_server.api.deps import checked_type, tenant_of
+from fhir_server.api.paging import parse_count
 from fhir_server.api.responses import fhir_response
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import BadRequest, InvalidSearch, Issue, operation_outcome
@@ -53,12 +54,7 @@ def _warning(message: str, expression: str | None = None) -> Issue:
 
 
 def _count(request: Request, pairs: list[tuple[str, str]]) -> int | None:
-    raw = next((v for k, v in reversed(pairs) if k == "_count"), None)
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise BadRequest(f"_count must be a non-negative integer, not '{raw}'", expression="_count")
-    return min(int(raw), int(request.app.state.settings.max_page_size))
+    return parse_count(request, next((v for k, v in reversed(pairs) if k == "_count"), None))
 
 
 async def _search(
