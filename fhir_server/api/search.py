@@ -3,7 +3,8 @@
 Type-level ``GET [type]?…`` / ``POST [type]/_search`` and system-level ``GET [base]?_type=…``.
 Criteria go to ``build_where``; the result parameters are handled here: ``_sort`` (``search.sort``),
 ``_count`` (capped at ``settings.max_page_size``), ``_page`` (keyset tokens, ``search.paging``),
-``_total``, ``_include``/``_revinclude`` (``search.include``), ``_summary``, ``_elements``.
+``_total``, ``_include``/``_revinclude`` (``search.include``), ``_summary``, ``_elements``, and
+``_explain=true`` (admin only: an OperationOutcome with the query plans instead of the bundle).
 The bundle's ``self`` link lists only what was applied.
 """
 
@@ -19,16 +20,16 @@ from fhir_server.api.deps import checked_type, tenant_of
 from fhir_server.api.paging import parse_count
 from fhir_server.api.responses import fhir_response
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
-from fhir_server.errors import BadRequest, InvalidSearch, Issue, operation_outcome
+from fhir_server.errors import BadRequest, Forbidden, InvalidSearch, Issue, operation_outcome
 from fhir_server.search.include import MAX_INCLUDES, load_includes, parse_includes
 from fhir_server.search.paging import PAGE_PARAM, decode_page, encode_page
 from fhir_server.search.registry import get_registry
 from fhir_server.search.sort import build_sort, common_param_type
-from fhir_server.storage.search import SearchQuery, run_search
+from fhir_server.storage.search import SearchQuery, explain_search, run_search
 
 RESULT_PARAMS = frozenset(
     {"_count", "_summary", "_elements", "_format", "_pretty", "_total", PAGE_PARAM, "_sort", "_include",
-     "_revinclude", "_contained", "_containedType"}
+     "_revinclude", "_contained", "_containedType", "_explain"}
 )
 _NOT_YET = ("_contained", "_containedType")
 _KEPT = ("_summary", "_elements", "_format", "_pretty")  # applied as given, kept in the links
@@ -57,11 +58,27 @@ def _count(request: Request, pairs: list[tuple[str, str]]) -> int | None:
     return parse_count(request, next((v for k, v in reversed(pairs) if k == "_count"), None))
 
 
+def _explain(request: Request, pairs: list[tuple[str, str]]) -> bool:
+    """``_explain=true`` (this server's own switch, not in the spec): admin role, or dev mode."""
+    raw = next((v for k, v in reversed(pairs) if k == "_explain"), None)
+    if raw is None or raw == "false":
+        return False
+    if raw != "true":
+        raise BadRequest(f"_explain must be true or false, not '{raw}'", expression="_explain")
+    principal = request.scope.get("state", {}).get("principal")
+    if principal is None and request.app.state.settings.dev_mode:
+        return True
+    if principal is None or principal.role != "admin":
+        raise Forbidden("_explain is reserved to the admin role")
+    return True
+
+
 async def _search(
     request: Request, types: list[str] | None, pairs: list[tuple[str, str]], system: bool = False
 ) -> Response:
     from fhir_server.search.compile import build_where
 
+    explain = _explain(request, pairs)
     registry = get_registry()
     warnings: list[Issue] = []
     applied: list[tuple[str, str]] = []
@@ -134,6 +151,11 @@ async def _search(
     raw_page = next((v for k, v in reversed(pairs) if k == PAGE_PARAM), None)
     token = decode_page(raw_page, sort.keys) if raw_page else None
     q = SearchQuery(tenant_of(request), types, where.sql, binds, count, sort.keys, token, total_mode)
+    if explain:
+        async with request.app.state.db.connection() as conn:
+            plans = await explain_search(conn, q)
+        notes = [Issue("information", "informational", f"{name} query plan:\n{plan}") for name, plan in plans]
+        return fhir_response(request, operation_outcome(notes + warnings))
     included = []
     async with request.app.state.db.connection() as conn:
         page = await run_search(conn, q)

@@ -21,8 +21,8 @@ Each criterion is an ``EXISTS`` over one ``idx_*`` table. Semantics, per paramet
 * date, number, quantity: prefixes with range semantics, see ``_Builder.range_sql`` and
   ``_Builder.number_sql``; quantity ``value|system|code`` and ``value||code`` (code or unit).
 * uri: exact, ``:below``, ``:above`` (on path segments).
-* ``:missing`` on every type. ``_id``, ``_lastUpdated`` use the resource row; ``_text`` is a
-  case-insensitive contains on the narrative.
+* ``:missing`` on every type. ``_id``, ``_lastUpdated`` use the resource row; ``_text`` and
+  ``_content`` are PostgreSQL full-text searches on ``idx_text``.
 
 Unknown parameters are ignored with a warning; a bad value, prefix or modifier raises
 ``InvalidSearch``. Composite parameters (token$token, token$quantity) are in ``composite``.
@@ -43,7 +43,7 @@ from fhir_server.search.query_values import like_escape, split_prefix, split_une
 from fhir_server.search.ranges import DATE_MAX, DATE_MIN, date_range, decimal_range, to_decimal
 from fhir_server.search.references import is_absolute, parse_canonical, parse_reference
 from fhir_server.search.registry import SearchParam, SearchParamRegistry, get_registry
-from fhir_server.search.rows import IDENTIFIER_SUFFIX, OF_TYPE_SUFFIX
+from fhir_server.search.rows import IDENTIFIER_SUFFIX, NO_NARRATIVE, OF_TYPE_SUFFIX
 
 _TABLES = {
     "string": "idx_string",
@@ -80,7 +80,7 @@ _KNOWN_MODIFIERS = frozenset(
         "iterate",
     ]
 )
-_UNSUPPORTED_PARAMS = {"_content", "_query", "_filter", "_list", "_type"}
+_UNSUPPORTED_PARAMS = {"_query", "_filter", "_list", "_type"}
 NAN_SQL = "'NaN'::numeric"
 
 
@@ -148,7 +148,7 @@ class _Builder:
         if "." in raw_name:
             return chain_sql(self, raw_name, value)
         name, _, modifier = raw_name.partition(":")
-        if name == "_text":
+        if name in ("_text", "_content"):
             return self.text_param(raw_name, modifier, value)
         sp = self.registry.get(self.resource_type, name)
         if sp is None and self.strict:
@@ -440,16 +440,24 @@ class _Builder:
         return _or(conds) if conds else None
 
     def text_param(self, raw_name: str, modifier: str, value: str) -> str | None:
-        if modifier:
-            raise _bad(raw_name, f"modifier ':{modifier}' is not supported on _text")
-        if self.resource_type in ("Bundle", "Binary", "Parameters"):
+        """``_text`` / ``_content`` (search.html#_text, #_content): PostgreSQL full text on the
+        ``idx_text`` document (narrative text / every string value), ``websearch_to_tsquery('simple',
+        value)``: words AND, ``"a phrase"``, ``or``, ``-word``; case and accents ignored. Commas OR."""
+        name = raw_name.partition(":")[0]
+        if name == "_text" and self.resource_type in NO_NARRATIVE:
             self.warn(f"_text does not apply to {self.resource_type}: ignored")
             return None
+        if modifier == "missing":
+            if value not in ("true", "false"):
+                raise _bad(raw_name, "the value of :missing must be true or false")
+            return self.exists("idx_text", self.bind(name), negate=value == "true")
+        if modifier:
+            raise _bad(raw_name, f"modifier ':{modifier}' is not supported on {name}")
         conds = [
-            f"({self.alias}.content->'text'->>'div') ILIKE {self.bind('%' + like_escape(unescape(p)) + '%')}"
+            f"t.doc @@ websearch_to_tsquery('simple', {self.bind(normalize(unescape(p)))})"
             for p in self.alternatives(raw_name, value)
         ]
-        return _or(conds) if conds else None
+        return self.exists("idx_text", self.bind(name), _or(conds)) if conds else None
 
 
 def _paren(sql: str) -> str:

@@ -2,9 +2,9 @@
 
 ``extract_index_rows(resource)`` evaluates every SearchParameter that applies to the resource's
 type and turns what each expression selects into rows for the ``idx_*`` tables (see ``rows``).
-Not indexed here: ``_id`` and ``_lastUpdated`` (columns of the ``resource`` table), parameters
-without an expression (``_text``, ``_content``, ``_query``), special parameters and the composite
-parameters ``composite`` does not support.
+Not indexed here: ``_id`` and ``_lastUpdated`` (columns of the ``resource`` table), ``_query``,
+special parameters and the composite parameters ``composite`` does not support. ``_text`` and
+``_content`` (no expression) get one full-text document each (``rows.text_rows``, ``idx_text``).
 
 Each parameter's expression is narrowed to the resource type and compiled once per type, by the
 FHIRPath translator (``fhirpath_compiler``) or, for anything it cannot translate, by ``fhirpathpy``
@@ -22,7 +22,7 @@ from fhir_server.search.expressions import expression_for_type
 from fhir_server.search.fhirpath_model import get_model
 from fhir_server.search.fhirpath_parser import FhirPathSyntaxError
 from fhir_server.search.registry import SearchParamRegistry, get_registry
-from fhir_server.search.rows import CONVERTERS, IndexRows
+from fhir_server.search.rows import CONVERTERS, IndexRows, text_rows
 
 __all__ = ["ENGINE", "IndexRows", "extract_index_rows", "plan_for_type"]
 
@@ -82,4 +82,5 @@ def extract_index_rows(resource: dict, engine: str = ENGINE) -> IndexRows:
             continue
         if items:
             converter(code, items, rows)
+    text_rows(resource, rows)
     return rows.finish()

@@ -8,6 +8,8 @@ the index just has nothing to match.
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,6 +52,8 @@ class IndexRows:
     uri: list[tuple[str, str]] = field(default_factory=list)  # param, value
     composite: list[tuple] = field(default_factory=list)
     # ^ param, system1, code1, system, code, unit, value, low, high (see composite.py)
+    text: list[tuple[str, str]] = field(default_factory=list)
+    # ^ param (_text | _content), document text; stored as to_tsvector('simple', text) in idx_text
 
     def finish(self) -> IndexRows:
         """Drop duplicate rows and cut btree-indexed values to what PostgreSQL can index."""
@@ -329,3 +333,46 @@ CONVERTERS: dict[str, Callable[[str, list[Item], IndexRows], None]] = {
     "quantity": quantity_rows,
     "uri": uri_rows,
 }
+
+
+# -- full text (_text, _content; search.html#_text, #_content) ---------------------------------------
+# A tsvector is limited to 1 MB; a document is cut at this many characters (4 bytes each at most).
+MAX_TEXT_CHARS = 200_000
+_TAG = re.compile(r"<[^>]*>")
+NO_NARRATIVE = frozenset({"Bundle", "Binary", "Parameters"})  # not DomainResources: no _text
+
+
+def narrative_text(div: str) -> str:
+    """The XHTML narrative without its tags, entities decoded."""
+    return html.unescape(_TAG.sub(" ", div))
+
+
+def _strings(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _strings(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+
+
+def text_rows(resource: dict, rows: IndexRows) -> None:
+    """``_text``: the narrative's text; ``_content``: every string value of the resource (the
+    narrative as text, not XHTML). Both normalised like string values (case, accents)."""
+    narrative = resource.get("text")
+    div = narrative.get("div") if isinstance(narrative, dict) else None
+    text = narrative_text(div) if isinstance(div, str) and div else ""
+    if text.strip() and resource.get("resourceType") not in NO_NARRATIVE:
+        rows.text.append(("_text", normalize(text[:MAX_TEXT_CHARS])))
+    parts: list[str] = []
+    for key, value in resource.items():
+        if key == "text" and isinstance(narrative, dict):
+            _strings({k: v for k, v in narrative.items() if k != "div"}, parts)
+            parts.append(text)
+        elif key != "resourceType":
+            _strings(value, parts)
+    content = " ".join(p for p in parts if p)
+    if content.strip():
+        rows.text.append(("_content", normalize(content[:MAX_TEXT_CHARS])))

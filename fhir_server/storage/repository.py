@@ -25,6 +25,7 @@ INDEX_TABLES: dict[str, tuple[str, ...]] = {
     "quantity": ("system", "code", "unit", "value", "low", "high"),
     "uri": ("value",),
     "composite": ("system1", "code1", "system", "code", "unit", "value", "low", "high"),
+    "text": ("doc",),  # tsvector, built from the document text in the INSERT (see _index_ctes)
 }
 
 # PostgreSQL array type of each index column, for INSERT ... SELECT FROM unnest(arrays)
@@ -37,7 +38,10 @@ _ARRAY_TYPES: dict[str, tuple[str, ...]] = {
     "quantity": ("text", "text", "text", "numeric", "numeric", "numeric"),
     "uri": ("text",),
     "composite": ("text", "text", "text", "text", "text", "numeric", "numeric", "numeric"),
+    "text": ("text",),
 }
+# columns computed from the unnested arrays instead of copied (u.c1 is the first value column)
+_COMPUTED: dict[str, str] = {"text": "u.c0, to_tsvector('simple', u.c1)"}
 _KEY = "tenant_id = %(t)s AND resource_type = %(rt)s"
 
 
@@ -54,9 +58,13 @@ def _index_ctes(guard: str, *, delete_old: bool, kinds: tuple[str, ...]) -> str:
     for kind in kinds:
         cols = INDEX_TABLES[kind]
         arrays = ", ".join([f"%({kind}_0)s::text[]"] + [f"%({kind}_{i + 1})s::{t}[]" for i, t in enumerate(_ARRAY_TYPES[kind])])
+        # u.* as is, or (idx_text) the param plus to_tsvector() of the document: columns c0, c1...
+        values = _COMPUTED.get(kind, "u.*")
+        names = ", ".join(f"c{i}" for i in range(len(cols) + 1))
         parts.append(
             f"i_{kind} AS (INSERT INTO idx_{kind} (tenant_id, resource_type, resource_id, param, {', '.join(cols)}) "
-            f"SELECT %(t)s, %(rt)s, %(id)s, u.* FROM unnest({arrays}) AS u WHERE EXISTS (SELECT 1 FROM {guard}))"
+            f"SELECT %(t)s, %(rt)s, %(id)s, {values} FROM unnest({arrays}) AS u({names}) "
+            f"WHERE EXISTS (SELECT 1 FROM {guard}))"
         )
     return "".join(", " + part for part in parts)
 
@@ -113,6 +121,8 @@ class IndexRowsLike(Protocol):
     number: list[tuple[Any, ...]]
     quantity: list[tuple[Any, ...]]
     uri: list[tuple[Any, ...]]
+    composite: list[tuple[Any, ...]]
+    text: list[tuple[str, str]]
 
 
 @dataclass(slots=True)

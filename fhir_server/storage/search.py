@@ -53,6 +53,40 @@ def _base(q: SearchQuery, binds: dict[str, Any]) -> str:
     return base
 
 
+def _page_sql(q: SearchQuery, base: str, binds: dict[str, Any]) -> str:
+    """The page query: the sort values with each row, after the page token's boundary, count + 1 rows."""
+    cols = [f"q.s{i}" for i in range(len(q.order))]
+    sort_cols = ", ".join(f"{k.sql} AS s{i}" for i, k in enumerate(q.order))
+    backward = q.page.backward if q.page else False
+    sql = f"SELECT q.* FROM (SELECT {_COLS}, {sort_cols} {base}) q"
+    if q.page:
+        n = [0]
+
+        def bind(v: object) -> str:
+            n[0] += 1
+            binds[f"k{n[0]}"] = v
+            return f"%(k{n[0]})s"
+
+        sql += " WHERE " + after_condition(q.order, cols, q.page.values, backward, bind)
+    binds["limit"] = q.count + 1
+    return sql + f" ORDER BY {order_by(q.order, cols, backward)} LIMIT %(limit)s"
+
+
+async def explain_search(conn: AsyncConnection, q: SearchQuery) -> list[tuple[str, str]]:
+    """``EXPLAIN (ANALYZE, BUFFERS, FORMAT TEXT)`` of the count query (``_total=accurate``) and of
+    the page query, with the same binds (sent by the driver, never spliced into the text)."""
+    binds: dict[str, Any] = dict(q.binds, tenant=q.tenant)
+    base = _base(q, binds)
+    statements = [("count", f"SELECT count(*) {base}")] if q.total == "accurate" else []
+    if q.count > 0:
+        statements.append(("page", _page_sql(q, base, binds)))
+    plans = []
+    for name, sql in statements:
+        cur = await conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT TEXT) {sql}", binds)
+        plans.append((name, "\n".join(str(r[0]) for r in await cur.fetchall())))
+    return plans
+
+
 async def run_search(conn: AsyncConnection, q: SearchQuery) -> SearchPage:
     binds: dict[str, Any] = dict(q.binds, tenant=q.tenant)
     base = _base(q, binds)
@@ -70,24 +104,9 @@ async def run_search(conn: AsyncConnection, q: SearchQuery) -> SearchPage:
         total = int(plan[0]["Plan"]["Plan Rows"]) if plan else 0
     if q.count == 0:
         return SearchPage([], total, None, None)
-
-    cols = [f"q.s{i}" for i in range(len(q.order))]
-    sort_cols = ", ".join(f"{k.sql} AS s{i}" for i, k in enumerate(q.order))
-    backward = q.page.backward if q.page else False
-    sql = f"SELECT q.* FROM (SELECT {_COLS}, {sort_cols} {base}) q"
-    if q.page:
-        n = [0]
-
-        def bind(v: object) -> str:
-            n[0] += 1
-            binds[f"k{n[0]}"] = v
-            return f"%(k{n[0]})s"
-
-        sql += " WHERE " + after_condition(q.order, cols, q.page.values, backward, bind)
-    binds["limit"] = q.count + 1
-    sql += f" ORDER BY {order_by(q.order, cols, backward)} LIMIT %(limit)s"
-    cur = await conn.execute(sql, binds)
+    cur = await conn.execute(_page_sql(q, base, binds), binds)
     fetched = await cur.fetchall()
+    backward = q.page.backward if q.page else False
     more = len(fetched) > q.count
     fetched = fetched[: q.count]
     if backward:

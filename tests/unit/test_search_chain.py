@@ -134,8 +134,10 @@ def test_invalid(rtype: str, name: str, fragment: str) -> None:
 
 
 def test_unsupported_final_parameter_is_ignored_with_a_warning() -> None:
-    w = build_where("Observation", [("subject:Patient._content", "x")])
+    w = build_where("Observation", [("subject:Patient._query", "x")])
     assert w.sql == "TRUE" and w.warnings
+    w = build_where("Observation", [("subject:Patient._content", "x")])  # full text at the end of a chain
+    assert "idx_text" in w.sql and not w.warnings
 
 
 def test_of_type_extraction_and_query() -> None:

@@ -173,7 +173,7 @@ def test_uri_modifiers() -> None:
 
 def test_warnings_for_unknown_or_unsupported_params() -> None:
     """search.html#errors: unknown parameters are ignored (lenient handling) with a warning."""
-    w = build_where("Patient", [("nope", "x"), ("_content", "x"), ("name", "")])
+    w = build_where("Patient", [("nope", "x"), ("_query", "x"), ("name", "")])
     assert w.sql == "TRUE"
     assert len(w.warnings) == 3
     assert all(i.severity == "warning" for i in w.warnings)
@@ -222,7 +222,12 @@ def test_prefix_parsing() -> None:
 
 
 def test_text_on_narrative() -> None:
-    """search.html#text: _text searches the narrative (here: case-insensitive contains)."""
-    w = build_where("Patient", [("_text", "chalmers")])
-    assert "r.content->'text'->>'div'" in w.sql and "%chalmers%" in w.binds.values()
+    """search.html#_text, #_content: full text (websearch_to_tsquery('simple')) on idx_text documents."""
+    w = build_where("Patient", [("_text", "Chalmers,Café")])
+    assert "FROM idx_text t" in w.sql and "websearch_to_tsquery('simple'" in w.sql
+    assert {"_text", "chalmers", "cafe"} <= set(w.binds.values())
     assert build_where("Bundle", [("_text", "x")]).sql == "TRUE"
+    assert "idx_text" in build_where("Bundle", [("_content", "x")]).sql
+    assert build_where("Patient", [("_content:missing", "true")]).sql.startswith("NOT EXISTS")
+    with pytest.raises(InvalidSearch):
+        build_where("Patient", [("_text:exact", "x")])
