@@ -18,7 +18,6 @@ import orjson
 from fhir_server.audit.actor import Actor
 from fhir_server.errors import (
     BadRequest,
-    InvalidResource,
     Issue,
     PreconditionFailed,
     ResourceGone,
