@@ -257,8 +257,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted: servers stopped, databases dropped, temp dirs removed", file=sys.stderr)
-        sys.exit(130)
+    h.run_main(main)

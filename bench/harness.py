@@ -261,3 +261,12 @@ def http_get(url: str) -> bytes:
 def execute(url: str, sql: str, params: tuple[object, ...] = ()) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql, params)
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a benchmark's main(); on Ctrl-C the context managers have already cleaned up."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: servers stopped, databases dropped, temp dirs removed", file=sys.stderr)
+        sys.exit(130)

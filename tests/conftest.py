@@ -56,8 +56,8 @@ def pg_admin_url() -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def make_database(admin_url: str) -> str:
-    """A fresh database with the current schema, migrated by the real migration command."""
+def make_database(admin_url: str, revision: str = "head") -> str:
+    """A fresh database at ``revision`` of the schema, migrated by the real migration command."""
     name = f"fhir_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -66,7 +66,7 @@ def make_database(admin_url: str) -> str:
     dsn = psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
     from fhir_server.storage import migrate
 
-    migrate.upgrade(_as_url(dsn))
+    migrate.upgrade(_as_url(dsn), revision)
     return _as_url(dsn)
 
 

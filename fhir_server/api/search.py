@@ -21,6 +21,7 @@ from fhir_server.api.paging import parse_count
 from fhir_server.api.responses import fhir_response
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import BadRequest, Forbidden, InvalidSearch, Issue, operation_outcome
+from fhir_server.search.compile import build_where
 from fhir_server.search.include import MAX_INCLUDES, load_includes, parse_includes
 from fhir_server.search.paging import PAGE_PARAM, decode_page, encode_page
 from fhir_server.search.registry import get_registry
@@ -76,8 +77,6 @@ def _explain(request: Request, pairs: list[tuple[str, str]]) -> bool:
 async def _search(
     request: Request, types: list[str] | None, pairs: list[tuple[str, str]], system: bool = False
 ) -> Response:
-    from fhir_server.search.compile import build_where
-
     explain = _explain(request, pairs)
     registry = get_registry()
     warnings: list[Issue] = []

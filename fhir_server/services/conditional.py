@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl
 from psycopg import AsyncConnection
 
 from fhir_server.errors import BadRequest, PreconditionFailed
+from fhir_server.search.compile import build_where
 from fhir_server.storage.repository import StoredVersion
 
 _RESULT_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements", "_count", "_sort"})
@@ -24,8 +25,6 @@ async def find_matches(
     params = parse_criteria(query)
     if not params:
         raise PreconditionFailed("Conditional criteria must name at least one search parameter")
-    from fhir_server.search.compile import build_where
-
     where = build_where(resource_type, params)
     if where.warnings:
         # an ignored criterion would widen the match and touch the wrong resource

@@ -16,32 +16,31 @@ from fhir_server.audit.actor import Actor, write_action
 
 SYSTEM = Actor("system")
 
+# Each index table's columns after ``param``: (column, PostgreSQL type of the array the write
+# sends for it, and how the stored value is made from the unnested array element ``{}``).
+# The one place to add an index table or column.
+_INDEX_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "string": (("value_norm", "text", "{}"), ("value_exact", "text", "{}")),
+    "token": (("system", "text", "{}"), ("code", "text", "{}"), ("text", "text", "{}")),
+    "reference": (
+        ("target_type", "text", "{}"), ("target_id", "text", "{}"), ("target_version", "text", "{}"), ("url", "text", "{}"),
+    ),
+    "date": (("low", "timestamptz", "{}"), ("high", "timestamptz", "{}")),
+    "number": (("value", "numeric", "{}"), ("low", "numeric", "{}"), ("high", "numeric", "{}")),
+    "quantity": (
+        ("system", "text", "{}"), ("code", "text", "{}"), ("unit", "text", "{}"),
+        ("value", "numeric", "{}"), ("low", "numeric", "{}"), ("high", "numeric", "{}"),
+    ),
+    "uri": (("value", "text", "{}"),),
+    "composite": (
+        ("system1", "text", "{}"), ("code1", "text", "{}"), ("system", "text", "{}"), ("code", "text", "{}"),
+        ("unit", "text", "{}"), ("value", "numeric", "{}"), ("low", "numeric", "{}"), ("high", "numeric", "{}"),
+    ),
+    "text": (("doc", "text", "to_tsvector('simple', {})"),),  # the document text becomes a tsvector
+}
 INDEX_TABLES: dict[str, tuple[str, ...]] = {
-    "string": ("value_norm", "value_exact"),
-    "token": ("system", "code", "text"),
-    "reference": ("target_type", "target_id", "target_version", "url"),
-    "date": ("low", "high"),
-    "number": ("value", "low", "high"),
-    "quantity": ("system", "code", "unit", "value", "low", "high"),
-    "uri": ("value",),
-    "composite": ("system1", "code1", "system", "code", "unit", "value", "low", "high"),
-    "text": ("doc",),  # tsvector, built from the document text in the INSERT (see _index_ctes)
+    kind: tuple(name for name, _, _ in cols) for kind, cols in _INDEX_COLUMNS.items()
 }
-
-# PostgreSQL array type of each index column, for INSERT ... SELECT FROM unnest(arrays)
-_ARRAY_TYPES: dict[str, tuple[str, ...]] = {
-    "string": ("text", "text"),
-    "token": ("text", "text", "text"),
-    "reference": ("text", "text", "text", "text"),
-    "date": ("timestamptz", "timestamptz"),
-    "number": ("numeric", "numeric", "numeric"),
-    "quantity": ("text", "text", "text", "numeric", "numeric", "numeric"),
-    "uri": ("text",),
-    "composite": ("text", "text", "text", "text", "text", "numeric", "numeric", "numeric"),
-    "text": ("text",),
-}
-# columns computed from the unnested arrays instead of copied (u.c1 is the first value column)
-_COMPUTED: dict[str, str] = {"text": "u.c0, to_tsvector('simple', u.c1)"}
 _KEY = "tenant_id = %(t)s AND resource_type = %(rt)s"
 
 
@@ -56,13 +55,13 @@ def _index_ctes(guard: str, *, delete_old: bool, kinds: tuple[str, ...]) -> str:
             for kind in INDEX_TABLES
         ]
     for kind in kinds:
-        cols = INDEX_TABLES[kind]
-        arrays = ", ".join([f"%({kind}_0)s::text[]"] + [f"%({kind}_{i + 1})s::{t}[]" for i, t in enumerate(_ARRAY_TYPES[kind])])
-        # u.* as is, or (idx_text) the param plus to_tsvector() of the document: columns c0, c1...
-        values = _COMPUTED.get(kind, "u.*")
+        cols = _INDEX_COLUMNS[kind]
+        # unnested as u(c0 = param, c1, c2, ...)
+        arrays = ", ".join([f"%({kind}_0)s::text[]"] + [f"%({kind}_{i + 1})s::{t}[]" for i, (_, t, _) in enumerate(cols)])
+        values = ", ".join(["u.c0"] + [expr.format(f"u.c{i + 1}") for i, (_, _, expr) in enumerate(cols)])
         names = ", ".join(f"c{i}" for i in range(len(cols) + 1))
         parts.append(
-            f"i_{kind} AS (INSERT INTO idx_{kind} (tenant_id, resource_type, resource_id, param, {', '.join(cols)}) "
+            f"i_{kind} AS (INSERT INTO idx_{kind} (tenant_id, resource_type, resource_id, param, {', '.join(INDEX_TABLES[kind])}) "
             f"SELECT %(t)s, %(rt)s, %(id)s, {values} FROM unnest({arrays}) AS u({names}) "
             f"WHERE EXISTS (SELECT 1 FROM {guard}))"
         )

@@ -31,17 +31,23 @@ def _target_issue(rtype: str, targets: frozenset[str], path: str) -> Issue:
     return Issue("error", "invalid", f"reference to a {rtype}, but this element may only refer to {allowed}", path)
 
 
+def _check_type(
+    ref: str, rtype: str, targets: frozenset[str] | None, path: str, resource_types: frozenset[str], issues: list[Issue]
+) -> None:
+    """The type named by a relative or conditional reference must exist and be an allowed target."""
+    if rtype not in resource_types:
+        issues.append(Issue("error", "value", f"reference {ref!r}: {rtype!r} is not an R4 resource type", path))
+    elif targets is not None and rtype not in targets:
+        issues.append(_target_issue(rtype, targets, path))
+
+
 def check_reference(
     ref: str, targets: frozenset[str] | None, path: str, resource_types: frozenset[str], issues: list[Issue]
 ) -> None:
     """Append issues for a non-local reference string (local ``#...`` ones are handled by the caller)."""
     m = _RELATIVE.fullmatch(ref)
     if m is not None:
-        rtype = m.group(1)
-        if rtype not in resource_types:
-            issues.append(Issue("error", "value", f"reference {ref!r}: {rtype!r} is not an R4 resource type", path))
-        elif targets is not None and rtype not in targets:
-            issues.append(_target_issue(rtype, targets, path))
+        _check_type(ref, m.group(1), targets, path, resource_types, issues)
         return
     if ref.startswith(("http://", "https://")):
         if not _HTTP.fullmatch(ref):
@@ -62,11 +68,7 @@ def check_reference(
         return
     m = _CONDITIONAL.fullmatch(ref)
     if m is not None:
-        rtype = m.group(1)
-        if rtype not in resource_types:
-            issues.append(Issue("error", "value", f"reference {ref!r}: {rtype!r} is not an R4 resource type", path))
-        elif targets is not None and rtype not in targets:
-            issues.append(_target_issue(rtype, targets, path))
+        _check_type(ref, m.group(1), targets, path, resource_types, issues)
         return
     if _OTHER_ABSOLUTE.fullmatch(ref) and not ref[0].isupper():
         return  # another absolute URI scheme (urn:..., mailto:...)

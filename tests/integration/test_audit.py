@@ -33,6 +33,7 @@ def _rid() -> str:
 
 
 def test_create_is_audited_in_the_same_statement(client: httpx.Client, db: psycopg.Connection) -> None:
+    """auditevent.html (action C, outcome 0, agent, entity): the row commits with the create."""
     rid = _rid()
     r = client.post("/Patient", json=new_patient(), headers={"X-Request-Id": rid})
     pid = r.json()["id"]
@@ -42,6 +43,7 @@ def test_create_is_audited_in_the_same_statement(client: httpx.Client, db: psyco
 
 
 def test_update_and_delete_are_audited(client: httpx.Client, db: psycopg.Connection) -> None:
+    """auditevent.html: action U for update, D for delete, in the write's own statement."""
     created = client.post("/Patient", json=new_patient()).json()
     rid_u, rid_d = _rid(), _rid()
     client.put(f"/Patient/{created['id']}", json=created, headers={"X-Request-Id": rid_u})
@@ -51,6 +53,7 @@ def test_update_and_delete_are_audited(client: httpx.Client, db: psycopg.Connect
 
 
 def test_read_and_search_are_audited(client: httpx.Client, db: psycopg.Connection) -> None:
+    """auditevent.html: action R for read, E for search; the query string is not kept."""
     pid = client.post("/Patient", json=new_patient()).json()["id"]
     rid_r, rid_s = _rid(), _rid()
     client.get(f"/Patient/{pid}", headers={"X-Request-Id": rid_r})
@@ -63,6 +66,7 @@ def test_read_and_search_are_audited(client: httpx.Client, db: psycopg.Connectio
 
 
 def test_failures_are_audited(server: ServerProcess, client: httpx.Client, db: psycopg.Connection) -> None:
+    """auditevent.html: failures have outcome 4 (404, 400) and refused requests (401) are audited too."""
     rid_missing, rid_bad, rid_anon = _rid(), _rid(), _rid()
     client.get("/Patient/no-such-patient", headers={"X-Request-Id": rid_missing})
     client.post("/Patient", json=new_patient(gender="robot"), headers={"X-Request-Id": rid_bad})

@@ -21,6 +21,7 @@ def _postgres_running(data_dir: Path) -> bool:
 
 
 def test_persistence_across_restart_and_clean_stop() -> None:
+    """http.html#read after a restart: what was acknowledged (201) is still there; PostgreSQL stops with the server."""
     data_dir = Path(tempfile.mkdtemp(prefix="fhir-embedded-"))
     data_dir.chmod(0o755)
     srv = ServerProcess(server_env(), ["--dev", "--data-dir", str(data_dir)])

@@ -67,6 +67,7 @@ def test_body_over_limit_is_413(client: httpx.Client, db: psycopg.Connection) ->
 
 
 def test_bad_if_match_header_is_400(client: httpx.Client) -> None:
+    """http.html#concurrency: If-Match must carry a version ETag (W/"n"); anything else is 400."""
     pid = client.post("/Patient", json=new_patient()).json()["id"]
     assert_outcome(client.put(f"/Patient/{pid}", json={**new_patient(), "id": pid}, headers={"If-Match": "garbage"}), 400)
 

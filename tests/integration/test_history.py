@@ -21,6 +21,7 @@ def _versions(client: httpx.Client, n: int) -> tuple[str, list[dict]]:
 
 
 def test_instance_history_newest_first_with_request_and_response(client: httpx.Client) -> None:
+    """http.html#history: newest first; entries carry request (method, url) and response (status, etag)."""
     pid, versions = _versions(client, 3)
     b = client.get(f"/Patient/{pid}/_history").json()
     assert b["resourceType"] == "Bundle" and b["type"] == "history"
@@ -32,10 +33,12 @@ def test_instance_history_newest_first_with_request_and_response(client: httpx.C
 
 
 def test_instance_history_of_unknown_is_404(client: httpx.Client) -> None:
+    """http.html#history: history of a resource that never existed is 404."""
     assert client.get("/Patient/nope-nope/_history").status_code == 404
 
 
 def test_count_and_paging_links_walk_every_version(client: httpx.Client) -> None:
+    """http.html#history and bundle.html#paging: _count and next links reach every version once."""
     pid, _ = _versions(client, 5)
     seen = []
     url: str | None = f"/Patient/{pid}/_history?_count=2"
@@ -51,6 +54,7 @@ def test_count_and_paging_links_walk_every_version(client: httpx.Client) -> None
 
 
 def test_since_filters_versions(client: httpx.Client) -> None:
+    """http.html#history: _since keeps versions made at or after the instant."""
     pid, _ = _versions(client, 2)
     time.sleep(0.05)
     since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -61,6 +65,7 @@ def test_since_filters_versions(client: httpx.Client) -> None:
 
 
 def test_at_returns_version_current_then(client: httpx.Client) -> None:
+    """http.html#history: _at keeps the versions current at that time."""
     pid, versions = _versions(client, 3)
     at = versions[1]["meta"]["lastUpdated"]  # exactly when version 2 was written
     b = client.get(f"/Patient/{pid}/_history", params={"_at": at}).json()
@@ -68,6 +73,7 @@ def test_at_returns_version_current_then(client: httpx.Client) -> None:
 
 
 def test_type_and_system_history(client: httpx.Client) -> None:
+    """http.html#history: type level and system level."""
     marker = uuid.uuid4().hex[:8]
     org = client.post("/Organization", json={"resourceType": "Organization", "name": f"Ward {marker}"}).json()
     tb = client.get("/Organization/_history", params={"_count": 5}).json()
@@ -79,6 +85,7 @@ def test_type_and_system_history(client: httpx.Client) -> None:
 
 
 def test_deleted_version_has_no_resource(client: httpx.Client) -> None:
+    """http.html#history: a deletion is an entry with request DELETE and no resource."""
     pid, _ = _versions(client, 1)
     client.delete(f"/Patient/{pid}")
     b = client.get(f"/Patient/{pid}/_history").json()

@@ -11,7 +11,7 @@ import psycopg
 
 from fhir_server.search.compile import build_where
 from fhir_server.storage import migrate
-from tests.conftest import _as_url
+from tests.conftest import make_database
 from tests.integration.searchdb import insert_indexed, seeded_database
 from tests.integration.test_crud import new_patient
 
@@ -106,13 +106,7 @@ def test_full_text_is_tenant_scoped(pg_admin_url: str) -> None:
 
 def test_migration_backfills_existing_resources(pg_admin_url: str) -> None:
     """search.html#_text: resources stored before migration 0007 are indexed by it."""
-    name = f"fhir_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(pg_admin_url)
-    info["dbname"] = name
-    url = _as_url(psycopg.conninfo.make_conninfo(**info))  # type: ignore[arg-type]
-    migrate.upgrade(url, "0006")
+    url = make_database(pg_admin_url, revision="0006")
     word = _word()
     patient = {"resourceType": "Patient", "id": "b1", "text": _narrative(f"<b>{word}</b>"), "name": [{"family": "Backfill"}]}
     with psycopg.connect(url, autocommit=True) as conn:

@@ -14,6 +14,7 @@ def _family() -> str:
 
 
 def test_search_returns_searchset_with_total_fullurl_and_match_mode(client: httpx.Client) -> None:
+    """search.html#return and bundle.html: searchset with total, fullUrl and search.mode = match."""
     fam = _family()
     ids = {client.post("/Patient", json=new_patient(name=[{"family": fam}])).json()["id"] for _ in range(3)}
     b = client.get("/Patient", params={"family": fam}).json()
@@ -62,6 +63,7 @@ def test_unknown_parameter_is_reported_or_strict_400(client: httpx.Client) -> No
 
 
 def test_deleted_resources_are_not_found(client: httpx.Client) -> None:
+    """http.html#delete: a deleted resource is no longer a search result."""
     fam = _family()
     pid = client.post("/Patient", json=new_patient(name=[{"family": fam}])).json()["id"]
     client.delete(f"/Patient/{pid}")
@@ -78,6 +80,7 @@ def test_updates_reindex(client: httpx.Client) -> None:
 
 
 def test_invalid_search_value_is_400(client: httpx.Client) -> None:
+    """search.html#errors: a value the parameter cannot take is 400 with an OperationOutcome."""
     r = client.get("/Patient", params={"birthdate": "not-a-date"})
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
 

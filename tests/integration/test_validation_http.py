@@ -33,6 +33,7 @@ def test_invalid_resource_is_rejected_with_location(
 
 
 def test_invalid_update_writes_nothing(client: httpx.Client) -> None:
+    """http.html#update and validation.html: an invalid update is 400 and the version stays."""
     created = client.post("/Patient", json=new_patient()).json()
     r = client.put(f"/Patient/{created['id']}", json={**created, "birthDate": "1999-13-01"})
     assert_outcome(r, 400)

@@ -6,6 +6,7 @@ from fhir_server.transfer.bundles import bundle_items
 
 
 def test_urn_uuid_full_urls_become_ids_and_references_are_rewritten() -> None:
+    """bundle.html#references: urn:uuid fullUrls resolve every reference to them, extensions included."""
     bundle = {
         "resourceType": "Bundle", "type": "transaction",
         "entry": [
