@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhir_server.api import history, metadata, read, search, write
+from fhir_server.api import history, metadata, operations, read, search, write
 from fhir_server.errors import MethodNotAllowed, NotImplementedInteraction, ResourceNotFound
 
 Handler = Callable[..., Awaitable[Response]]
@@ -46,6 +46,9 @@ _TABLE: dict[str, dict[str, Handler]] = {
     "T/I": {"GET": read.read, "PUT": write.update, "PATCH": write.patch, "DELETE": write.delete},
     "T/I/_history": {"GET": history.instance_history},
     "T/I/_history/V": {"GET": read.vread},
+    "$": {m: operations.system_operation for m in ("GET", "POST")},
+    "T/$": {m: operations.type_operation for m in ("GET", "POST")},
+    "T/I/$": {m: operations.instance_operation for m in ("GET", "POST")},
 }
 _LITERALS = frozenset({"_search", "_history"})
 
@@ -57,10 +60,15 @@ def _shape(segments: list[str]) -> tuple[str, list[str]]:
         return "", []
     if n == 1 and segments[0] in ("metadata", "_history"):
         return segments[0], []
+    if n == 1 and segments[0].startswith("$"):
+        return "$", [segments[0]]
     shape = ["T"]
     params = [segments[0]]
     for i, seg in enumerate(segments[1:], start=1):
-        if seg in _LITERALS:
+        if seg.startswith("$") and i == len(segments) - 1 and i <= 2:
+            shape.append("$")  # an operation (operations.html): [type]/$op, [type]/[id]/$op
+            params.append(seg)
+        elif seg in _LITERALS:
             shape.append(seg)
         elif i == 1:
             shape.append("I")

@@ -26,6 +26,9 @@ _INTERACTIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("T", "DELETE"): ("D", "delete"),
     ("", "POST"): ("E", "transaction"),
 }
+for _shape in ("$", "T/$", "T/I/$"):
+    for _method in ("GET", "POST"):
+        _INTERACTIONS[(_shape, _method)] = ("E", "operation")
 _PUBLIC = frozenset({"/fhir/metadata"})
 
 
@@ -67,6 +70,8 @@ def _record(scope: dict[str, Any], state: dict[str, Any], status: int) -> None:
         agent = principal.subject
     else:
         agent = "anonymous" if status == 401 else "development-mode"
+    if shape.endswith("$"):
+        params = params[:-1]  # the operation name is in the path; type and id are what precede it
     version = int(params[2]) if len(params) > 2 and params[2].isdigit() else None
     sink.add((
         app.state.settings.default_tenant,
