@@ -1,13 +1,16 @@
-"""Composite search parameters (R4 search.html#composite), the token$token and token$quantity pairs.
+"""Composite search parameters (R4 search.html#composite): token$token, token$quantity,
+token$date and token$string pairs.
 
-Supported: two components, the first a token, the second a token or a quantity, each component
+Supported: two components, the first a token, the second a token, quantity, date or string, each component
 expression a union of ``name`` / ``name.as(Type)`` paths relative to the element the parameter's
 expression selects (Observation ``code-value-quantity``, ``code-value-concept``, ``combo-*``,
 ``component-*``; ``context-type-value``/``context-type-quantity`` of the conformance and knowledge
-resources; Group ``characteristic-value``). One ``idx_composite`` row per pair of values taken from
-the SAME element (so ``component-code-value-quantity`` pairs a component's code with that
-component's value): ``(system1, code1, system, code, unit, value, low, high)``, the second part in
-the columns of ``idx_token`` / ``idx_quantity`` so the same SQL serves it.
+resources; Group ``characteristic-value``; Observation ``code-value-date``, ``code-value-string``).
+One ``idx_composite`` row per pair of values taken from the SAME element (so
+``component-code-value-quantity`` pairs a component's code with that component's value):
+``(system1, code1, system, code, unit, value, low, high, value_norm, value_exact, dlow, dhigh)``,
+the second part in the columns ``idx_token`` / ``idx_quantity`` / ``idx_string`` use (dates in
+``dlow``/``dhigh``), so the same SQL serves it.
 """
 
 from __future__ import annotations
@@ -20,13 +23,18 @@ from fhir_server.errors import InvalidSearch
 from fhir_server.search.normalize import token_key
 from fhir_server.search.query_values import split_unescaped
 from fhir_server.search.registry import SearchParam, SearchParamRegistry
-from fhir_server.search.rows import IndexRows, Item, quantity_rows, token_rows
+from fhir_server.search.rows import IndexRows, Item, date_rows, quantity_rows, string_rows, token_rows
 
 if TYPE_CHECKING:
     from fhir_server.search.compile import _Builder
 
 _PATH = re.compile(r"\s*([a-z]\w*)(?:\.as\((\w+)\))?\s*")
 Path = tuple[str, str | None]
+SECOND_TYPES = ("token", "quantity", "date", "string")
+_NO_TOKEN = (None, None)
+_NO_QUANTITY = (None, None, None, None)
+_NO_STRING = (None, None)
+_NO_DATE = (None, None)
 
 
 def _paths(expression: str) -> list[Path] | None:
@@ -44,7 +52,7 @@ def components(sp: SearchParam, registry: SearchParamRegistry) -> tuple[SearchPa
     if sp.type != "composite" or len(sp.component) != 2:
         return None
     first, second = (registry.by_url.get(c.definition) for c in sp.component)
-    if first is None or second is None or first.type != "token" or second.type not in ("token", "quantity"):
+    if first is None or second is None or first.type != "token" or second.type not in SECOND_TYPES:
         return None
     if any(_paths(c.expression) is None for c in sp.component):
         return None
@@ -98,12 +106,19 @@ def converter(sp: SearchParam, registry: SearchParamRegistry) -> Callable[[str, 
             firsts = [(s, c) for _, s, c, _ in tmp.token if c is not None]
             if not firsts:
                 continue
+            seconds: list[tuple[Any, ...]]
             if second == "token":
                 token_rows("2", _select(element, p2), tmp)
-                seconds = [(s, c, None, None, None, None) for p, s, c, _ in tmp.token if p == "2" and c is not None]
-            else:
+                seconds = [(s, c, *_NO_QUANTITY, *_NO_STRING, *_NO_DATE) for p, s, c, _ in tmp.token if p == "2" and c is not None]
+            elif second == "quantity":
                 quantity_rows("2", _select(element, p2), tmp)
-                seconds = [q[1:] for q in tmp.quantity]
+                seconds = [(*q[1:], *_NO_STRING, *_NO_DATE) for q in tmp.quantity]
+            elif second == "string":
+                string_rows("2", _select(element, p2), tmp)
+                seconds = [(*_NO_TOKEN, *_NO_QUANTITY, norm, exact, *_NO_DATE) for _, norm, exact in tmp.string]
+            else:
+                date_rows("2", _select(element, p2), tmp)
+                seconds = [(*_NO_TOKEN, *_NO_QUANTITY, *_NO_STRING, low, high) for _, low, high in tmp.date]
             for s1, c1 in firsts:
                 for s2, c2, *rest in seconds:
                     rows.composite.append((code, token_key(s1), token_key(c1), token_key(s2), token_key(c2), *rest))
@@ -127,10 +142,16 @@ def composite_sql(b: _Builder, sp: SearchParam, raw_name: str, modifier: str, va
         if len(parts) != 2 or not all(parts):
             raise InvalidSearch(f"Search parameter '{raw_name}': a value is token$value (two components)")
         first = b.token_match(raw_name, parts[0], suffix="1")
-        if comps[1].type == "token":
+        kind = comps[1].type
+        if kind == "token":
             second = b.token_match(raw_name, parts[1])
-        else:
+        elif kind == "quantity":
             second = b.quantity_condition(comps[1], raw_name, "", parts[1])
+        elif kind == "string":
+            second = b.string_condition(comps[1], raw_name, "", parts[1])
+        else:
+            prefix, low, high = b.parse_date(comps[1], raw_name, parts[1])
+            second = b.range_sql(prefix, low, high, "t.dlow", "t.dhigh")
         conds.append(f"({first}) AND ({second})")
     cond = conds[0] if len(conds) == 1 else " OR ".join(f"({c})" for c in conds)
     return b.exists("idx_composite", b.bind(sp.code), cond)

@@ -51,7 +51,8 @@ class IndexRows:
     # ^ param, system, code, unit, value, low, high
     uri: list[tuple[str, str]] = field(default_factory=list)  # param, value
     composite: list[tuple] = field(default_factory=list)
-    # ^ param, system1, code1, system, code, unit, value, low, high (see composite.py)
+    # ^ param, system1, code1, system, code, unit, value, low, high, value_norm, value_exact, dlow, dhigh
+    #   (see composite.py; the second component in the columns of idx_token, idx_quantity, idx_string or idx_date)
     text: list[tuple[str, str]] = field(default_factory=list)
     # ^ param (_text | _content), document text; stored as to_tsvector('simple', text) in idx_text
 

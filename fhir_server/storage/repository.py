@@ -35,6 +35,7 @@ _INDEX_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "composite": (
         ("system1", "text", "{}"), ("code1", "text", "{}"), ("system", "text", "{}"), ("code", "text", "{}"),
         ("unit", "text", "{}"), ("value", "numeric", "{}"), ("low", "numeric", "{}"), ("high", "numeric", "{}"),
+        ("value_norm", "text", "{}"), ("value_exact", "text", "{}"), ("dlow", "timestamptz", "{}"), ("dhigh", "timestamptz", "{}"),
     ),
     "text": (("doc", "text", "to_tsvector('simple', {})"),),  # the document text becomes a tsvector
 }

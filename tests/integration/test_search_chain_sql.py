@@ -119,6 +119,8 @@ OB10 = _obs(
 )
 OB11 = _bp("ob11", 107, 60)
 OB12 = _bp("ob12", 150, 95)
+OB13 = _obs("ob13", "Device/d1", "11111-1", valueDateTime="2024-03-20T10:00:00+05:30")
+OB14 = _obs("ob14", "Device/d1", "22222-2", valueString="Positive")
 DR1 = {
     "resourceType": "DiagnosticReport",
     "id": "dr1",
@@ -158,6 +160,8 @@ DEFAULT = [
     OB10,
     OB11,
     OB12,
+    OB13,
+    OB14,
     DR1,
     GRP1,
 ]
@@ -301,6 +305,12 @@ COMPOSITES = [
     # "DiagnosticReport?result.code-value-quantity=http://loinc.org|2823-3$gt5.4|http://unitsofmeasure.org|mmol/L"
     ("DiagnosticReport", f"result.code-value-quantity={LOINC}|2823-3$gt5.4|{UCUM}|mmol/L", {"dr1"}),
     ("DiagnosticReport", f"result.code-value-quantity={LOINC}|2823-3$gt6", set()),
+    ("Observation", f"code-value-date={LOINC}|11111-1$2024-03", {"ob13"}),
+    ("Observation", f"code-value-date={LOINC}|11111-1$gt2024-03-31", set()),
+    ("Observation", "code-value-date=11111-1$ge2024-03-15", {"ob13"}),  # 20 March is after the 15th
+    ("Observation", f"code-value-date={LOINC}|2823-3$2024-03", set()),  # another code
+    ("Observation", "code-value-string=22222-2$posi", {"ob14"}),  # case-insensitive starts-with
+    ("Observation", "code-value-string=22222-2$neg", set()),
     ("Group", "characteristic-value=gender$mixed", {"grp1"}),
     ("Group", "characteristic-value=gender$male", set()),
 ]

@@ -44,6 +44,10 @@ def test_rows_pair_values_of_the_same_element() -> None:
             Decimal(107),
             Decimal("106.5"),
             Decimal("107.5"),
+            None,
+            None,
+            None,
+            None,
         ),
         (
             "component-code-value-quantity",
@@ -55,6 +59,10 @@ def test_rows_pair_values_of_the_same_element() -> None:
             Decimal(60),
             Decimal("59.5"),
             Decimal("60.5"),
+            None,
+            None,
+            None,
+            None,
         ),
     ]
     combo = {r[2] for r in extract_index_rows(BP).composite if r[0] == "combo-code-value-quantity"}
@@ -88,6 +96,10 @@ def test_token_token_rows() -> None:
             None,
             None,
             None,
+            None,
+            None,
+            None,
+            None,
         )
     ]
     ctq = [r for r in rows if r[0] == "context-type-quantity"]
@@ -107,6 +119,29 @@ def test_sql_shape() -> None:
     assert "t.code1 = " in w.sql and "t.system = " in w.sql and "t.code = " in w.sql
 
 
+def test_date_and_string_rows() -> None:
+    """search.html#composite: Observation code-value-date (value as dateTime | Period) and code-value-string."""
+    from datetime import UTC, datetime
+
+    obs = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": LOINC, "code": "x"}]}}
+    rows = extract_index_rows({**obs, "valueDateTime": "2024-03"}).composite
+    dated = [r for r in rows if r[0] == "code-value-date"]
+    assert len(dated) == 1 and dated[0][1:3] == (LOINC, "x")
+    assert dated[0][-2] == datetime(2024, 3, 1, tzinfo=UTC)
+    assert dated[0][-1] == datetime(2024, 3, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    rows = extract_index_rows({**obs, "valuePeriod": {"start": "2024-01-01"}}).composite
+    assert [r[-1].year for r in rows if r[0] == "code-value-date"] == [9999]  # an open end
+    rows = extract_index_rows({**obs, "valueString": "Négatif"}).composite
+    assert [r[-4:] for r in rows if r[0] == "code-value-string"] == [("negatif", "Négatif", None, None)]
+
+
+def test_date_and_string_sql() -> None:
+    w = build_where("Observation", [("code-value-date", f"{LOINC}|x$ge2024-01")])
+    assert "t.dlow >= " in w.sql and "t.code1 = " in w.sql
+    w = build_where("Observation", [("code-value-string", "x$neg")])
+    assert "t.value_norm LIKE " in w.sql and "neg%" in w.binds.values()
+
+
 @pytest.mark.parametrize(
     ("rtype", "name", "value"),
     [
@@ -115,8 +150,8 @@ def test_sql_shape() -> None:
         ("Observation", "code-value-quantity", "a$"),
         ("Observation", "code-value-quantity", "a$abc"),  # not a number
         ("Observation", "code-value-quantity:missing", "true"),
-        ("Observation", "code-value-date", "a$2020"),  # date second component: not yet
-        ("Observation", "code-value-string", "a$b"),
+        ("Observation", "code-value-date", "a$2020-13"),  # not a date
+        ("Observation", "code-value-date", "a$xx2020"),  # unknown prefix
         ("DocumentReference", "relationship", "a$b"),
         ("MolecularSequence", "chromosome-window-coordinate", "1$gt1$lt2"),
     ],
