@@ -2,7 +2,8 @@
 
 ``_include=Type:param[:Target]`` adds the resources the page's matches reference through
 ``param``; ``_include=*`` follows every reference parameter; ``_revinclude=Type:param[:Target]``
-adds the ``Type`` resources whose ``param`` references a match. ``:iterate`` (R3 ``:recurse``)
+adds the ``Type`` resources whose ``param`` references a match; ``_revinclude=*`` adds every
+resource that references a match through any reference parameter. ``:iterate`` (R3 ``:recurse``)
 applies the clause again to what was included, at most ``MAX_ITERATIONS`` more rounds. Joins use
 ``idx_reference`` (``target_type``, ``target_id``) and only local (relative) references; every
 query carries ``tenant_id = %(tenant)s`` and skips deleted resources. Each resource appears once
@@ -57,10 +58,7 @@ def parse_includes(
             continue
         rev, iterate = base == "_revinclude", modifier != ""
         if value == "*":
-            if rev:
-                warn(name, value, "_revinclude=* is not supported")
-            else:
-                specs.append(IncludeSpec(False, None, None, None, iterate, name, value))
+            specs.append(IncludeSpec(rev, None, None, None, iterate, name, value))
             continue
         parts = value.split(":")
         if len(parts) not in (2, 3) or parts[0] not in RESOURCE_TYPES:
@@ -141,6 +139,13 @@ def _queries(spec: IncludeSpec, by_type: dict[str, list[str]]) -> list[tuple[str
         return out
     for tt, ids in by_type.items():
         if spec.target is not None and tt != spec.target:
+            continue
+        if spec.param is None:  # _revinclude=*: whatever references it, through any parameter
+            link = (
+                "SELECT l.resource_type, l.resource_id FROM idx_reference l WHERE l.tenant_id = %(tenant)s"
+                " AND l.url IS NULL AND l.target_type = %(tt)s AND l.target_id = ANY(%(ids)s)"
+            )
+            out.append((f"SELECT {_COLS} FROM resource r2 WHERE {live} AND (r2.resource_type, r2.id) IN ({link})", {"tt": tt, "ids": ids}))
             continue
         binds = {"st": spec.source_type, "param": spec.param, "tt": tt, "ids": ids}
         link = (

@@ -246,6 +246,9 @@ def test_revinclude_iterate_and_deleted(client: httpx.Client) -> None:
     b = _search(client, "/Organization", [tagq, ("_revinclude", "Patient:organization"),
                                           ("_revinclude", "Observation:subject")])
     assert sorted(_ids(b, "include")) == sorted([c["p1"], c["p2"]])
+    # _revinclude=*: everything that references a match, through any reference parameter
+    b = _search(client, "/Practitioner", [tagq, ("_revinclude", "*")])
+    assert _ids(b) == [c["gp"]] and sorted(_ids(b, "include")) == sorted([c["p1"], c["o1"]])
     client.delete(f"/Organization/{c['org']}")
     b = _search(client, "/Patient", [tagq, ("_include", "Patient:organization")])
     assert _ids(b, "include") == []
