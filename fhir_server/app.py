@@ -17,7 +17,11 @@ from fhir_server.audit.middleware import AuditTrail
 from fhir_server.audit.sink import AuditSink
 from fhir_server.auth.middleware import BearerAuth
 from fhir_server.auth.tokens import TokenVerifier, load_or_create_secret
+from fhir_server.bulk import export as bulk_export
+from fhir_server.jobs.runner import JobRunner
+from fhir_server.services.binary import BinaryPolicy
 from fhir_server.settings import Settings
+from fhir_server.storage.blobs import open_blob_store
 from fhir_server.storage.db import Database
 from fhir_server.timeutil import now
 
@@ -53,12 +57,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = db
         app.state.audit_sink = AuditSink(db)
         app.state.audit_sink.start()
+        app.state.blobs = open_blob_store(settings)  # Binary content (services/binary.py)
+        bulk_export.configure(app.state.blobs)  # $export output files
+        app.state.binary_policy = BinaryPolicy.from_settings(settings)
         _warm_up()
+        app.state.jobs = JobRunner(db)  # $reindex (and later $export) jobs, resumed after a restart
+        app.state.jobs.start()
         log.info("fhir server ready", extra={"dev_mode": settings.dev_mode})
         try:
             yield
         finally:
+            await app.state.jobs.stop()
             await app.state.audit_sink.stop()
+            await app.state.blobs.close()
             await db.close()
 
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None, title="fhir-server")

@@ -1,4 +1,13 @@
-"""The CapabilityStatement (https://hl7.org/fhir/R4/capabilitystatement.html), built from what runs."""
+"""The CapabilityStatement (https://hl7.org/fhir/R4/capabilitystatement.html), built from what runs.
+
+Operations come from the operations framework (``fhir_server.api.operations.registered()``):
+system-level ones under ``rest.operation``, type/instance-level ones under each of their resource
+types' ``resource.operation``, each with the canonical URL of its OperationDefinition: a handler's
+own ``operation_definition`` attribute if it sets one, else the official R4 definition for that
+code and type (``Patient-everything``, ``Resource-validate``…, packaged by
+``tools/build_compartments.py``), else a well-known one (``KNOWN_DEFINITIONS``), else this
+server's ``[base]/OperationDefinition/[code]``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,43 @@ from fhir_server.definitions.resource_types import RESOURCE_TYPES
 
 TYPE_INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type")
 UNSUPPORTED_SEARCH_TYPES = frozenset({"composite", "special"})
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+# operations defined outside the core spec: (code, resource type or None for system) -> canonical
+KNOWN_DEFINITIONS: dict[tuple[str, str | None], str] = {
+    ("export", None): _BULK + "export",
+    ("export", "Patient"): _BULK + "patient-export",
+    ("export", "Group"): _BULK + "group-export",
+}
+
+
+def operation_definition_url(name: str, handler: Any, resource_type: str | None, base_url: str) -> str:
+    from fhir_server.definitions.compartments import official_operation_url
+
+    own = getattr(handler, "operation_definition", None)
+    if isinstance(own, str):
+        return own
+    return (
+        official_operation_url(name, resource_type)
+        or KNOWN_DEFINITIONS.get((name, resource_type))
+        or f"{base_url.rstrip('/')}/OperationDefinition/{name}"
+    )
+
+
+def _operations(base_url: str) -> tuple[list[dict[str, str]], dict[str, list[dict[str, str]]]]:
+    """(system-level operations, resource type -> its type/instance-level operations)."""
+    from fhir_server.api.operations import registered
+
+    system: list[dict[str, str]] = []
+    by_type: dict[str, list[dict[str, str]]] = {}
+    for name, op in sorted(registered().items()):
+        if "system" in op.levels:
+            system.append({"name": name, "definition": operation_definition_url(name, op.handler, None, base_url)})
+        if "type" in op.levels or "instance" in op.levels:
+            for rtype in sorted(op.types if op.types is not None else RESOURCE_TYPES):
+                by_type.setdefault(rtype, []).append(
+                    {"name": name, "definition": operation_definition_url(name, op.handler, rtype, base_url)}
+                )
+    return system, by_type
 
 
 def _search_params(resource_type: str) -> list[dict[str, Any]]:
@@ -27,6 +73,7 @@ def _search_params(resource_type: str) -> list[dict[str, Any]]:
 
 def capability_statement(*, base_url: str, auth_required: bool, date: str) -> dict[str, Any]:
     resources = []
+    system_ops, type_ops = _operations(base_url)
     for rtype in sorted(RESOURCE_TYPES):
         resources.append({
             "type": rtype,
@@ -41,11 +88,15 @@ def capability_statement(*, base_url: str, auth_required: bool, date: str) -> di
             "conditionalDelete": "single",
             "searchParam": _search_params(rtype),
         })
+        if rtype in type_ops:
+            resources[-1]["operation"] = type_ops[rtype]
     rest: dict[str, Any] = {
         "mode": "server",
         "resource": resources,
         "interaction": [{"code": "history-system"}],
     }
+    if system_ops:
+        rest["operation"] = system_ops
     if auth_required:
         rest["security"] = {
             "cors": False,
@@ -61,7 +112,7 @@ def capability_statement(*, base_url: str, auth_required: bool, date: str) -> di
         "software": {"name": "fhir-server", "version": __version__},
         "implementation": {"description": "FHIR R4 server on PostgreSQL", "url": base_url},
         "fhirVersion": FHIR_VERSION,
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "patchFormat": ["application/json-patch+json"],
         "rest": [rest],
     }

@@ -102,7 +102,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from fhir_server.transfer.importer import run_import
 
     with database(_settings(args), upgrade=False) as url:
-        return asyncio.run(run_import(url, [Path(p) for p in args.paths], tenant=args.tenant))
+        return asyncio.run(run_import(url, [Path(p) for p in args.paths], tenant=args.tenant, server_ids=args.server_ids))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -110,6 +110,34 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     with database(_settings(args), upgrade=False) as url:
         return asyncio.run(run_export(url, Path(args.out), tenant=args.tenant, types=args.type))
+
+
+def cmd_blobs(args: argparse.Namespace) -> int:
+    """``blobs gc``: remove Binary blobs no resource version refers to (services/binary.py)."""
+    from datetime import timedelta
+
+    import psycopg
+
+    from fhir_server.services.binary import collect_garbage
+    from fhir_server.storage.blobs import open_blob_store
+
+    settings = _settings(args)
+
+    async def run(url: str) -> str:
+        store = open_blob_store(settings)
+        try:
+            async with await psycopg.AsyncConnection.connect(url) as conn:
+                report = await collect_garbage(
+                    conn, store, min_age=timedelta(seconds=args.min_age), dry_run=args.dry_run
+                )
+        finally:
+            await store.close()
+        verb = "would remove" if args.dry_run else "removed"
+        return f"{verb} {report.removed} unreferenced blobs, kept {report.kept}, removed {report.partial_uploads_removed} partial uploads"
+
+    with database(settings, upgrade=False) as url:
+        print(asyncio.run(run(url)))
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -146,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp = with_data_dir(sub.add_parser("import", help="load Bundles (.json) or NDJSON (.ndjson) files or folders"))
     imp.add_argument("paths", nargs="+")
     imp.add_argument("--tenant", default="default")
+    imp.add_argument("--server-ids", action="store_true",
+                     help="POSTed bundle entries get server ids as over HTTP (default: a urn:uuid fullUrl's uuid)")
     imp.set_defaults(func=cmd_import)
 
     exp = with_data_dir(sub.add_parser("export", help="write NDJSON files, one per resource type"))
@@ -160,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--subject", default="operator")
     tok.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     tok.set_defaults(func=cmd_token)
+
+    blobs = with_data_dir(sub.add_parser("blobs", help="Binary content kept outside the database"))
+    blobs.add_argument("action", choices=["gc"])
+    blobs.add_argument("--min-age", type=int, default=3600,
+                       help="only blobs last written this many seconds ago or earlier (default 3600)")
+    blobs.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    blobs.set_defaults(func=cmd_blobs)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,3 +30,25 @@ class Settings(BaseSettings):
     pool_max_size: int = 16
     access_log: bool = True
     default_tenant: str = "default"
+
+    # Binary content (README "Files (Binary)"): size limit, allowed media types, where blobs live.
+    # At most 2 GiB - 1: the recorded size is an R4 integer.
+    max_binary_bytes: int = Field(default=100 * 1024 * 1024, ge=0, le=2**31 - 1)
+    # content up to this size stays base64 in the row; larger goes to the blob store
+    binary_inline_max_bytes: int = Field(default=16 * 1024, ge=0)
+    # media type patterns, comma-separated; "!pattern" refuses (refusals win)
+    binary_content_types: str = (
+        "application/*,image/*,audio/*,video/*,model/*,text/plain,text/csv,text/rtf,text/xml,multipart/related,"
+        "!image/svg+xml,!application/javascript,!application/ecmascript,!application/x-javascript,"
+        "!application/xhtml+xml,!application/x-shockwave-flash"
+    )
+    blob_store: Literal["local", "s3"] = "local"
+    blob_dir: Path | None = None  # default <data_dir>/blobs
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None  # e.g. http://minio:9000; unset for AWS
+    s3_region: str | None = None
+
+    # Bulk $export (fhir_server/bulk): NDJSON output files are split past either limit
+    export_file_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    export_file_max_resources: int = Field(default=100_000, ge=1)

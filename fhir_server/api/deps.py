@@ -7,7 +7,8 @@ from starlette.requests import Request
 from fhir_server.audit.actor import Actor
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import Forbidden, ResourceNotFound
-from fhir_server.services.resources import ResourceService
+from fhir_server.services.resources import BoundDatabase, ResourceService
+from fhir_server.storage.db import Database
 
 
 def tenant_of(request: Request) -> str:
@@ -25,8 +26,14 @@ def actor_of(request: Request) -> Actor:
     return Actor(agent, state.get("request_id"), request.method, request.scope["path"])
 
 
+def database(request: Request) -> Database | BoundDatabase:
+    """The pool, or the one connection a bundle entry runs on (``state["db"]``, set by api.transaction)."""
+    bound: BoundDatabase | None = request.scope.get("state", {}).get("db")
+    return bound if bound is not None else request.app.state.db
+
+
 def service(request: Request) -> ResourceService:
-    return ResourceService(request.app.state.db, tenant_of(request), actor_of(request))
+    return ResourceService(database(request), tenant_of(request), actor_of(request))
 
 
 def checked_type(resource_type: str) -> str:

@@ -11,7 +11,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhir_server.api.negotiation import error_media_type, is_xml
 from fhir_server.errors import FhirError, Issue, operation_outcome
+from fhir_server.formats.xml import json_to_xml
 
 log = logging.getLogger("fhir_server.errors")
 
@@ -27,8 +29,13 @@ def request_id(request: Request) -> str | None:
 
 
 def outcome_response(request: Request, status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps(operation_outcome(issues, request_id(request)))
-    return Response(body, status_code=status, headers=headers, media_type="application/fhir+json; charset=utf-8")
+    outcome = operation_outcome(issues, request_id(request))
+    media_type = error_media_type(request)
+    if is_xml(media_type):  # errors in the format the client negotiated (http.html#mime-type)
+        body, media_type = json_to_xml(outcome), f"{media_type}; charset=utf-8"
+    else:
+        body, media_type = orjson.dumps(outcome), "application/fhir+json; charset=utf-8"
+    return Response(body, status_code=status, headers=headers, media_type=media_type)
 
 
 async def fhir_error_handler(request: Request, exc: Exception) -> Response:

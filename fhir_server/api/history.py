@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server.api.bundles import PAGE_PARAM, decode_cursor, encode_cursor, history_bundle
-from fhir_server.api.deps import checked_type, tenant_of
+from fhir_server.api.deps import checked_type, database, tenant_of
 from fhir_server.api.paging import page_size
 from fhir_server.api.responses import fhir_response
 from fhir_server.errors import BadRequest, ResourceNotFound
@@ -32,7 +32,7 @@ def _query(request: Request, resource_type: str | None = None, resource_id: str 
 
 
 async def _answer(request: Request, q: HistoryQuery) -> Response:
-    async with request.app.state.db.connection() as conn:
+    async with database(request).connection() as conn:
         if q.resource_id is not None and q.resource_type is not None:
             if not await repo.exists_any_version(conn, q.tenant, q.resource_type, q.resource_id):
                 raise ResourceNotFound(f"{q.resource_type}/{q.resource_id} is not known")

@@ -8,9 +8,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhir_server.api.negotiation import response_media_type
+from fhir_server.api.negotiation import is_xml, response_media_type
 from fhir_server.api.subsetting import select_elements, summarize
 from fhir_server.errors import BadRequest, Issue, operation_outcome
+from fhir_server.formats.xml import json_body_to_xml
 from fhir_server.storage.repository import StoredVersion
 from fhir_server.timeutil import http_date
 
@@ -36,7 +37,10 @@ def json_bytes(request: Request, body: Any) -> bytes:
 
 def fhir_response(request: Request, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     media_type = response_media_type(request)
-    content = body if isinstance(body, bytes) else json_bytes(request, body)
+    if is_xml(media_type):  # http.html#mime-type: the same resource in FHIR XML
+        content = json_body_to_xml(body, pretty=wants_pretty(request))
+    else:
+        content = body if isinstance(body, bytes) else json_bytes(request, body)
     return Response(content, status_code=status, headers=headers, media_type=f"{media_type}; charset=utf-8")
 
 

@@ -15,14 +15,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhir_server.api import history, metadata, operations, read, search, write
-from fhir_server.errors import MethodNotAllowed, NotImplementedInteraction, ResourceNotFound
+from fhir_server.api import binary, history, metadata, operations, read, search, transaction, write
+from fhir_server.api import ops_everything, ops_meta, ops_validate  # noqa: F401  (operations register on import)
+from fhir_server.api import ops_reindex  # noqa: F401  ($reindex, $reindex-status, $reindex-cancel)
+from fhir_server.api import ops_export  # noqa: F401  ($export, $export-status, $export-file)
+from fhir_server.errors import MethodNotAllowed, ResourceNotFound
 
 Handler = Callable[..., Awaitable[Response]]
-
-
-async def _transaction_or_batch(request: Request) -> Response:
-    raise NotImplementedInteraction("Transaction and batch Bundles are not supported yet")
 
 
 async def _system_search(request: Request) -> Response:
@@ -31,7 +30,7 @@ async def _system_search(request: Request) -> Response:
 
 # shape → {method: handler}; a shape names the literal segments, "T" a type, "I" an id, "V" a version
 _TABLE: dict[str, dict[str, Handler]] = {
-    "": {"GET": _system_search, "POST": _transaction_or_batch},
+    "": {"GET": _system_search, "POST": transaction.transaction_or_batch},
     "metadata": {"GET": metadata.metadata},
     "_history": {"GET": history.system_history},
     "T": {
@@ -46,7 +45,7 @@ _TABLE: dict[str, dict[str, Handler]] = {
     "T/I": {"GET": read.read, "PUT": write.update, "PATCH": write.patch, "DELETE": write.delete},
     "T/I/_history": {"GET": history.instance_history},
     "T/I/_history/V": {"GET": read.vread},
-    "$": {m: operations.system_operation for m in ("GET", "POST")},
+    "$": {m: operations.system_operation for m in ("GET", "POST", "DELETE")},
     "T/$": {m: operations.type_operation for m in ("GET", "POST")},
     "T/I/$": {m: operations.instance_operation for m in ("GET", "POST")},
 }
@@ -95,6 +94,8 @@ async def dispatch(request: Request) -> Response:
         raise ResourceNotFound(f"No FHIR endpoint at {path}")
     method = request.method if request.method != "HEAD" else "GET"
     handler = methods.get(method)
+    if params and params[0] == "Binary":  # raw content in and out (http.html#binary)
+        handler = binary.HANDLERS.get((shape, method), handler)
     if handler is None:
         raise MethodNotAllowed(
             f"{request.method} is not allowed on {path}", headers={"Allow": ", ".join(sorted(methods))}

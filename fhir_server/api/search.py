@@ -10,23 +10,25 @@ The bundle's ``self`` link lists only what was applied.
 
 from __future__ import annotations
 
+from functools import partial
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server.api.bundles import page_links, searchset_bundle
-from fhir_server.api.deps import checked_type, tenant_of
+from fhir_server.api.deps import checked_type, database, tenant_of
 from fhir_server.api.paging import parse_count
 from fhir_server.api.responses import fhir_response
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import BadRequest, Forbidden, InvalidSearch, Issue, operation_outcome
 from fhir_server.search.compile import build_where
+from fhir_server.search.custom import tenant_registry
 from fhir_server.search.include import MAX_INCLUDES, load_includes, parse_includes
 from fhir_server.search.paging import PAGE_PARAM, decode_page, encode_page
-from fhir_server.search.registry import get_registry
 from fhir_server.search.sort import build_sort, common_param_type
-from fhir_server.storage.search import SearchQuery, explain_search, run_search
+from fhir_server.storage.search import SearchQuery, explain_search, load_conformance, run_search
+from terminology import StoredTerminology, stored
 
 RESULT_PARAMS = frozenset(
     {"_count", "_summary", "_elements", "_format", "_pretty", "_total", PAGE_PARAM, "_sort", "_include",
@@ -55,6 +57,18 @@ def _warning(message: str, expression: str | None = None) -> Issue:
     return Issue("warning", "not-supported", message, expression)
 
 
+def stored_terminology(request: Request) -> StoredTerminology:
+    """The packaged terminology plus the tenant's stored CodeSystems / ValueSets, read only when a
+    token ``:in``/``:not-in``/``:below``/``:above`` names one that is not packaged."""
+    tenant = tenant_of(request)
+
+    async def fetch(resource_type: str, *, url: str | None = None, id: str | None = None) -> list[dict]:
+        async with database(request).connection() as conn:
+            return await load_conformance(conn, tenant, resource_type, url=url, id=id)
+
+    return stored(fetch)
+
+
 def _count(request: Request, pairs: list[tuple[str, str]]) -> int | None:
     return parse_count(request, next((v for k, v in reversed(pairs) if k == "_count"), None))
 
@@ -78,7 +92,9 @@ async def _search(
     request: Request, types: list[str] | None, pairs: list[tuple[str, str]], system: bool = False
 ) -> Response:
     explain = _explain(request, pairs)
-    registry = get_registry()
+    async with database(request).connection() as conn:  # the core parameters + the tenant's own
+        registry = await tenant_registry(conn, tenant_of(request))
+    codes = stored_terminology(request)
     warnings: list[Issue] = []
     applied: list[tuple[str, str]] = []
     if system and types is not None:
@@ -101,11 +117,11 @@ async def _search(
                 )
                 warnings.append(_warning(f"Search parameter '{name}' is {why}: ignored", name))
                 continue
-        one = build_where(compile_type, [(name, value)])
+        one = await codes.run(partial(build_where, compile_type, [(name, value)], registry=registry))
         warnings += one.warnings
         if one.sql != "TRUE":
             criteria.append((name, value))
-    where = build_where(compile_type, criteria)
+    where = await codes.run(partial(build_where, compile_type, criteria, registry=registry))
     applied += criteria
 
     binds = dict(where.binds)
@@ -151,12 +167,12 @@ async def _search(
     token = decode_page(raw_page, sort.keys) if raw_page else None
     q = SearchQuery(tenant_of(request), types, where.sql, binds, count, sort.keys, token, total_mode)
     if explain:
-        async with request.app.state.db.connection() as conn:
+        async with database(request).connection() as conn:
             plans = await explain_search(conn, q)
         notes = [Issue("information", "informational", f"{name} query plan:\n{plan}") for name, plan in plans]
         return fhir_response(request, operation_outcome(notes + warnings))
     included = []
-    async with request.app.state.db.connection() as conn:
+    async with database(request).connection() as conn:
         page = await run_search(conn, q)
         if includes and page.rows:
             included, capped = await load_includes(conn, q.tenant, page.rows, includes, MAX_INCLUDES)

@@ -27,7 +27,7 @@ _INTERACTIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("", "POST"): ("E", "transaction"),
 }
 for _shape in ("$", "T/$", "T/I/$"):
-    for _method in ("GET", "POST"):
+    for _method in ("GET", "POST", "DELETE"):
         _INTERACTIONS[(_shape, _method)] = ("E", "operation")
 _PUBLIC = frozenset({"/fhir/metadata"})
 

@@ -13,7 +13,8 @@ Each criterion is an ``EXISTS`` over one ``idx_*`` table. Semantics, per paramet
 * token: ``code``, ``system|code``, ``|code`` (no system), ``system|``; ``:not`` (no matching
   value, including resources without one), ``:text`` (normalised starts-with on the display /
   CodeableConcept.text / Identifier.type.text, at the start of any word), ``:of-type``
-  (``system|code|value`` of an Identifier's type coding and value).
+  (``system|code|value`` of an Identifier's type coding and value); ``:in``/``:not-in`` (a value
+  set's expansion), ``:below``/``:above`` (is-a) via the ``terminology`` package.
 * string: normalised (case- and accent-insensitive) starts-with; ``:exact``; ``:contains``.
 * reference: ``id``, ``Type/id[/_history/v]``, absolute URL (``base_url`` makes this server's own
   URLs local), canonical ``url|version``; ``:Type``; ``:identifier``.
@@ -44,6 +45,7 @@ from fhir_server.search.ranges import DATE_MAX, DATE_MIN, date_range, decimal_ra
 from fhir_server.search.references import is_absolute, parse_canonical, parse_reference
 from fhir_server.search.registry import SearchParam, SearchParamRegistry, get_registry
 from fhir_server.search.rows import IDENTIFIER_SUFFIX, NO_NARRATIVE, OF_TYPE_SUFFIX
+from terminology import Terminology, TerminologyError, packaged
 
 _TABLES = {
     "string": "idx_string",
@@ -56,7 +58,7 @@ _TABLES = {
 }
 _SUPPORTED_MODIFIERS = {
     "string": {"missing", "exact", "contains"},
-    "token": {"missing", "not", "text", "of-type"},
+    "token": {"missing", "not", "text", "of-type", "in", "not-in", "below", "above"},
     "reference": {"missing", "identifier"},  # plus :[type]
     "date": {"missing"},
     "number": {"missing"},
@@ -80,6 +82,7 @@ _KNOWN_MODIFIERS = frozenset(
         "iterate",
     ]
 )
+_CODE_SET_MODIFIERS = frozenset({"in", "not-in", "below", "above"})  # need terminology: code_set()
 _UNSUPPORTED_PARAMS = {"_query", "_filter", "_list", "_type"}
 NAN_SQL = "'NaN'::numeric"
 
@@ -98,9 +101,13 @@ def build_where(
     base_url: str | None = None,
     now: datetime | None = None,
     registry: SearchParamRegistry | None = None,
+    terminology: Terminology | None = None,
 ) -> SearchWhere:
-    """Compile raw ``(name[:modifier], value)`` query pairs (result parameters already removed)."""
+    """Compile raw ``(name[:modifier], value)`` query pairs (result parameters already removed).
+    ``terminology`` serves the token ``:in``/``:not-in``/``:below``/``:above`` modifiers (default:
+    the packaged definitions only; ``terminology.StoredTerminology`` adds the tenant's own)."""
     b = _Builder(resource_type, registry or get_registry(), base_url, now)
+    b.terminology = terminology
     clauses = [c for name, value in params if (c := b.parameter(name, value)) is not None]
     sql = " AND ".join(clauses) if clauses else "TRUE"
     return SearchWhere(sql=sql, binds=b.binds, warnings=b.warnings)
@@ -121,6 +128,7 @@ class _Builder:
         self.alias = "r"  # the SQL alias of the resource row the criteria apply to
         self.strict = False  # unknown parameters: warning (top level) or InvalidSearch (chains, _has)
         self._aliases = [0]  # shared with child builders
+        self.terminology: Terminology | None = None  # None: packaged definitions only
 
     def child(self, resource_type: str, alias: str) -> _Builder:
         """A builder for criteria on another resource row (a chain target, a _has source)."""
@@ -220,6 +228,10 @@ class _Builder:
         if sp.type == "token" and modifier == "of-type":
             param = self.bind(sp.code + OF_TYPE_SUFFIX)
             return self.exists("idx_token", param, _or([self.of_type_match(raw_name, p) for p in pieces]))
+        if sp.type == "token" and modifier in _CODE_SET_MODIFIERS:
+            codings = frozenset().union(*(self.code_set(raw_name, modifier, p) for p in pieces))
+            cond = self.codings_condition(codings)
+            return self.exists("idx_token", self.bind(sp.code), cond, negate=modifier == "not-in")
         param = self.bind(sp.code)
         build = getattr(self, f"{sp.type}_condition")
         cond = _or([build(sp, raw_name, modifier, p) for p in pieces])
@@ -251,6 +263,48 @@ class _Builder:
         if not code:
             return f"t.system{suffix} = {self.bind(system)}"
         return f"t.system{suffix} = {self.bind(system)} AND t.code{suffix} = {self.bind(code)}"
+
+    def code_set(self, raw_name: str, modifier: str, piece: str) -> frozenset[tuple[str | None, str]]:
+        """The ``(system, code)`` pairs one value stands for (search.html#token): ``:in``/``:not-in``
+        a value set (canonical ``url[|version]`` or ``ValueSet/id``), ``:below`` the code and the
+        codes it subsumes, ``:above`` the code and the codes subsuming it (is-a)."""
+        value = unescape(piece)
+        t = self.terminology or packaged()
+        try:
+            if modifier in ("in", "not-in"):
+                if self.base_url and value.startswith(self.base_url + "ValueSet/"):
+                    value = value[len(self.base_url) :]
+                return t.expand_reference(value)
+            parts = split_unescaped(piece, "|")
+            system, code = (unescape(parts[0]), unescape(parts[1])) if len(parts) == 2 else ("", "")
+            if not system or not code:
+                raise _bad(raw_name, f"with :{modifier} the value is system|code, got {value!r}")
+            codes = t.descendants(system, code) if modifier == "below" else t.ancestors(system, code)
+            return frozenset((system, c) for c in codes)
+        except TerminologyError as e:
+            message = f"Search parameter '{raw_name}': {e}"
+            raise InvalidSearch(message, issues=[Issue("error", e.issue_code, message, raw_name)]) from None
+
+    def codings_condition(self, codings: frozenset[tuple[str | None, str]]) -> str:
+        """Rows whose ``(system, code)`` is one of ``codings``, one ``= ANY(array)`` per system (the
+        ``idx_token_lookup`` index is on code, system). A row without a system (a ``code``
+        element, whose system is implied by its binding) matches on the code alone."""
+        if not codings:
+            return "FALSE"
+        by_system: dict[str | None, set[str]] = {}
+        for system, code in codings:
+            by_system.setdefault(token_key(system), set()).add(token_key(code))  # type: ignore[arg-type]
+        if len(by_system) == 1 and None not in by_system:  # the usual case: one array, sent once
+            [(system, codes)] = by_system.items()
+            return f"t.code = ANY({self.bind(sorted(codes))}) AND (t.system = {self.bind(system)} OR t.system IS NULL)"
+        conds = [
+            f"t.system = {self.bind(s)} AND t.code = ANY({self.bind(sorted(c))})"
+            for s, c in sorted(by_system.items(), key=lambda i: i[0] or "")
+            if s is not None
+        ]
+        every_code = sorted({c for cs in by_system.values() for c in cs})
+        conds.append(f"t.system IS NULL AND t.code = ANY({self.bind(every_code)})")
+        return _or(conds)
 
     def of_type_match(self, raw_name: str, piece: str) -> str:
         """``:of-type=system|code|value`` (search.html#token): Identifier.type coding + value, all

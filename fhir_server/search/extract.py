@@ -47,10 +47,11 @@ def _compile(expression: str, resource_type: str, engine: str) -> Extractor:
 
 
 def plan_for_type(resource_type: str, engine: str = ENGINE, registry: SearchParamRegistry | None = None) -> Plan:
-    """The compiled (code, converter, extractor) list for one resource type, built once."""
+    """The compiled (code, converter, extractor) list for one resource type, built once per
+    registry (the core one, or a tenant's overlay from ``custom``)."""
     key = (resource_type, engine)
-    cacheable = registry is None
-    plan = _plans.get(key) if cacheable else None
+    cache = _plans if registry is None else registry.plans
+    plan = cache.get(key)
     if plan is not None:
         return plan
     registry = registry or get_registry()
@@ -64,17 +65,18 @@ def plan_for_type(resource_type: str, engine: str = ENGINE, registry: SearchPara
         if expression is None:
             continue
         plan.append((code, converter, _compile(expression, resource_type, engine)))
-    if cacheable:
-        _plans[key] = plan
+    cache[key] = plan
     return plan
 
 
-def extract_index_rows(resource: dict, engine: str = ENGINE) -> IndexRows:
+def extract_index_rows(resource: dict, engine: str = ENGINE, registry: SearchParamRegistry | None = None) -> IndexRows:
+    """The index rows of ``resource`` for the parameters of ``registry`` (default: the core R4 ones;
+    a tenant's overlay adds its own SearchParameters, ``custom.tenant_registry``)."""
     rows = IndexRows()
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return rows
-    for code, converter, extractor in plan_for_type(rtype, engine):
+    for code, converter, extractor in plan_for_type(rtype, engine, registry):
         try:
             items = extractor(resource)
         except Exception:

@@ -5,6 +5,9 @@
 ``Resource`` (``_id``, ``_lastUpdated``, ``_tag``, ``_profile``, ``_security``, ``_source``...) apply to
 every resource type, ``DomainResource`` ones (``_text``) to every type but Bundle, Binary and
 Parameters (https://hl7.org/fhir/R4/search.html#all).
+
+A tenant's own SearchParameter resources are laid over the core ones with ``overlay`` (see
+``fhir_server.search.custom``, which keeps one overlay per tenant up to date).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 
@@ -74,6 +78,10 @@ class SearchParamRegistry:
                 else:
                     self._by_type.setdefault(base, {})[p.code] = p
         self._merged: dict[str, dict[str, SearchParam]] = {}
+        # tenant SearchParameters in this registry, by resource id (empty for the core registry)
+        self.custom: dict[str, SearchParam] = {}
+        # extraction plans built for this registry, by (type, engine) (``extract.plan_for_type``)
+        self.plans: dict[tuple[str, str], Any] = {}
 
     @classmethod
     def load(cls, path: Path = DATA_FILE) -> SearchParamRegistry:
@@ -96,6 +104,16 @@ class SearchParamRegistry:
 
     def get(self, resource_type: str, code: str) -> SearchParam | None:
         return self.for_type(resource_type).get(code)
+
+    def overlay(self, custom: dict[str, SearchParam]) -> SearchParamRegistry:
+        """This (core) registry plus ``custom`` (SearchParameter resource id → parameter); the caller
+        has checked that no custom code clashes with one of these on the same base."""
+        assert not self.custom, "overlay the core registry"
+        if not custom:
+            return self
+        registry = SearchParamRegistry(self.params + list(custom.values()))
+        registry.custom = dict(custom)
+        return registry
 
 
 @cache

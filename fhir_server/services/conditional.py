@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
 from urllib.parse import parse_qsl
 
 from psycopg import AsyncConnection
 
 from fhir_server.errors import BadRequest, PreconditionFailed
 from fhir_server.search.compile import build_where
+from fhir_server.search.custom import tenant_registry
 from fhir_server.storage.repository import StoredVersion
+from fhir_server.storage.search import load_conformance
+from terminology import stored
 
 _RESULT_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements", "_count", "_sort"})
 
@@ -25,7 +29,9 @@ async def find_matches(
     params = parse_criteria(query)
     if not params:
         raise PreconditionFailed("Conditional criteria must name at least one search parameter")
-    where = build_where(resource_type, params)
+    registry = await tenant_registry(conn, tenant)
+    codes = stored(partial(load_conformance, conn, tenant))  # token :in etc. may name a stored ValueSet
+    where = await codes.run(partial(build_where, resource_type, params, registry=registry))
     if where.warnings:
         # an ignored criterion would widen the match and touch the wrong resource
         raise BadRequest(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +33,9 @@ from fhir_server.storage import repository as repo
 from fhir_server.storage.db import Database
 from fhir_server.storage.repository import StoredVersion
 from fhir_server.timeutil import format_instant, now
+
+# the advisory-lock kinds of the conditional interactions (ResourceService.matches_in)
+IF_NONE_EXIST, COND_UPDATE, COND_DELETE = "if-none-exist", "cond-update", "cond-delete"
 
 _MAX_ID_RETRIES = 3
 _MAX_WRITE_RETRIES = 50  # optimistic writes re-read and retry when another write won
@@ -65,10 +70,11 @@ def _next_instant(previous: datetime | None) -> datetime:
     return t
 
 
-def _index_rows(resource: dict[str, Any]) -> Any:
-    from fhir_server.search.extract import extract_index_rows
+async def _index_rows(conn: Any, tenant: str, resource: dict[str, Any]) -> Any:
+    """Index rows with the tenant's SearchParameters (checked first if ``resource`` is one)."""
+    from fhir_server.search.custom import index_rows
 
-    return extract_index_rows(resource)
+    return await index_rows(conn, tenant, resource)
 
 
 def _lock_key(*parts: str) -> int:
@@ -76,16 +82,47 @@ def _lock_key(*parts: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+class BoundDatabase:
+    """A ``Database`` look-alike over one connection the caller holds (and may have in a transaction).
+
+    ``connection()`` is that connection; ``transaction()`` a transaction on it (a savepoint when
+    the caller's transaction is open). Services and handlers given one run inside the caller's work.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        yield self.conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self.conn.transaction():
+            yield self.conn
+
+
 class ResourceService:
-    def __init__(self, db: Database, tenant: str, actor: Actor) -> None:
+    """The interactions. Each public one opens its connection (or transaction) and calls its
+    ``*_in(conn, ...)`` form, which works on a connection the caller holds: the bundle service
+    (``services.bundles``) runs many of them on one connection inside one transaction."""
+
+    def __init__(self, db: Database | BoundDatabase, tenant: str, actor: Actor) -> None:
         self.db = db
         self.tenant = tenant
         self.actor = actor
 
+    def on(self, conn: Any, actor: Actor | None = None) -> ResourceService:
+        """The same service bound to ``conn`` (optionally acting as ``actor``)."""
+        return ResourceService(BoundDatabase(conn), self.tenant, actor or self.actor)
+
     # ---- reads ---------------------------------------------------------------------------
     async def read(self, resource_type: str, resource_id: str) -> StoredVersion:
         async with self.db.connection() as conn:
-            current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id)
+            return await self.read_in(conn, resource_type, resource_id)
+
+    async def read_in(self, conn: Any, resource_type: str, resource_id: str) -> StoredVersion:
+        current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id)
         if current is None:
             raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
         if current.deleted:
@@ -96,13 +133,15 @@ class ResourceService:
         return current
 
     async def vread(self, resource_type: str, resource_id: str, version: str) -> StoredVersion:
+        async with self.db.connection() as conn:
+            return await self.vread_in(conn, resource_type, resource_id, version)
+
+    async def vread_in(self, conn: Any, resource_type: str, resource_id: str, version: str) -> StoredVersion:
         if not version.isdigit():
             raise ResourceNotFound(f"{resource_type}/{resource_id} has no version '{version}'")
-        async with self.db.connection() as conn:
-            found = await repo.fetch_version(conn, self.tenant, resource_type, resource_id, int(version))
-            if found is None:
-                known = await repo.exists_any_version(conn, self.tenant, resource_type, resource_id)
+        found = await repo.fetch_version(conn, self.tenant, resource_type, resource_id, int(version))
         if found is None:
+            known = await repo.exists_any_version(conn, self.tenant, resource_type, resource_id)
             what = f"{resource_type}/{resource_id} has no version {version}" if known else f"{resource_type}/{resource_id} is not known"
             raise ResourceNotFound(what)
         if found.deleted:
@@ -117,17 +156,28 @@ class ResourceService:
         check_resource(resource_type, resource, id_required=False)
         if if_none_exist is None:
             async with self.db.connection() as conn:
-                return await self._create_in(conn, resource_type, resource)
+                return await self.create_in(conn, resource_type, resource)
         async with self.db.transaction() as conn:
-            await self._lock(conn, "if-none-exist", resource_type, if_none_exist)
-            matches = await find_matches(conn, self.tenant, resource_type, if_none_exist, limit=2)
+            return await self.create_in(conn, resource_type, resource, if_none_exist=if_none_exist)
+
+    async def create_in(
+        self, conn: Any, resource_type: str, resource: dict[str, Any], *,
+        if_none_exist: str | None = None, resource_id: str | None = None,
+    ) -> WriteResult:
+        """create on ``conn`` (not validated here). ``if_none_exist`` needs ``conn`` in a transaction:
+        its lock lasts until the end. ``resource_id``: an id the caller chose for the new resource
+        (a transaction allocates ids before it writes, to resolve ``urn:uuid`` references)."""
+        if if_none_exist is not None:
+            matches = await self.matches_in(conn, IF_NONE_EXIST, resource_type, if_none_exist)
             if len(matches) > 1:
                 raise PreconditionFailed(f"If-None-Exist '{if_none_exist}' matches more than one {resource_type}")
             if matches:
                 return WriteResult(matches[0], created=False)
-            return await self._create_in(conn, resource_type, resource)
-
-    async def _create_in(self, conn: Any, resource_type: str, resource: dict[str, Any]) -> WriteResult:
+        if resource_id is not None:
+            version = await self._write_first(conn, resource_type, resource_id, resource, "POST")
+            if version is None:
+                raise VersionConflict(f"{resource_type}/{resource_id} exists already")
+            return WriteResult(version, created=True)
         for _ in range(_MAX_ID_RETRIES):
             version = await self._write_first(conn, resource_type, str(uuid.uuid4()), resource, "POST")
             if version is not None:
@@ -140,7 +190,8 @@ class ResourceService:
         last_updated = _next_instant(None)
         text = _stamp(resource, resource_id, 1, last_updated)
         version = StoredVersion(resource_type, resource_id, 1, last_updated, False, text, method)
-        if await repo.insert_first(conn, self.tenant, version, _index_rows(resource), self.actor):
+        rows = await _index_rows(conn, self.tenant, resource)
+        if await repo.insert_first(conn, self.tenant, version, rows, self.actor):
             return version
         return None
 
@@ -152,7 +203,7 @@ class ResourceService:
         next_id = current.version_id + 1
         text = _stamp(resource, current.id, next_id, last_updated) if resource is not None else None
         version = StoredVersion(current.resource_type, current.id, next_id, last_updated, resource is None, text, method)
-        rows = _index_rows(resource) if resource is not None else None
+        rows = await _index_rows(conn, self.tenant, resource) if resource is not None else None
         if await repo.replace_version(conn, self.tenant, version, current.version_id, rows, self.actor):
             return version
         return None
@@ -169,9 +220,9 @@ class ResourceService:
                 expression=f"{resource_type}.id",
             )
         async with self.db.connection() as conn:
-            return await self._update_in(conn, resource_type, resource_id, resource, if_match)
+            return await self.update_in(conn, resource_type, resource_id, resource, if_match)
 
-    async def _update_in(
+    async def update_in(
         self, conn: Any, resource_type: str, resource_id: str, resource: dict[str, Any], if_match: int | None
     ) -> WriteResult:
         """Optimistic: read the current version, write the next one only if it is still current."""
@@ -201,22 +252,27 @@ class ResourceService:
         """Conditional update (http.html#cond-update): 0 matches create, 1 updates, more is 412."""
         check_resource(resource_type, resource, id_required=False)
         async with self.db.transaction() as conn:
-            await self._lock(conn, "cond-update", resource_type, query)
-            matches = await find_matches(conn, self.tenant, resource_type, query, limit=2)
-            if len(matches) > 1:
-                raise PreconditionFailed(f"The criteria '{query}' match more than one {resource_type}")
-            if matches:
-                found = matches[0]
-                if resource.get("id") not in (None, found.id):
-                    raise BadRequest(
-                        f"Resource id '{resource['id']}' differs from the matched {resource_type}/{found.id}",
-                        expression=f"{resource_type}.id",
-                    )
-                resource["id"] = found.id
-                return await self._update_in(conn, resource_type, found.id, resource, if_match)
-            if resource.get("id"):
-                return await self._update_in(conn, resource_type, resource["id"], resource, if_match)
-            return await self._create_in(conn, resource_type, resource)
+            return await self.conditional_update_in(conn, resource_type, query, resource, if_match)
+
+    async def conditional_update_in(
+        self, conn: Any, resource_type: str, query: str, resource: dict[str, Any], if_match: int | None
+    ) -> WriteResult:
+        """Conditional update on ``conn``, which must be in a transaction (the lock lasts until its end)."""
+        matches = await self.matches_in(conn, COND_UPDATE, resource_type, query)
+        if len(matches) > 1:
+            raise PreconditionFailed(f"The criteria '{query}' match more than one {resource_type}")
+        if matches:
+            found = matches[0]
+            if resource.get("id") not in (None, found.id):
+                raise BadRequest(
+                    f"Resource id '{resource['id']}' differs from the matched {resource_type}/{found.id}",
+                    expression=f"{resource_type}.id",
+                )
+            resource["id"] = found.id
+            return await self.update_in(conn, resource_type, found.id, resource, if_match)
+        if resource.get("id"):
+            return await self.update_in(conn, resource_type, resource["id"], resource, if_match)
+        return await self.create_in(conn, resource_type, resource)
 
     # ---- patch ---------------------------------------------------------------------------
     async def patch(
@@ -224,21 +280,26 @@ class ResourceService:
     ) -> WriteResult:
         """patch with JSON Patch (http.html#patch); the patched resource is validated like an update."""
         async with self.db.connection() as conn:
-            for _ in range(_MAX_WRITE_RETRIES):
-                current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id)
-                if current is None:
-                    raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
-                if current.deleted:
-                    raise ResourceGone(f"{resource_type}/{resource_id} was deleted")
-                _check_if_match(if_match, current.version_id)
-                resource = apply_json_patch(orjson.loads(current.content or "{}"), patch)
-                if resource.get("resourceType") != resource_type or resource.get("id") != resource_id:
-                    raise UnprocessableEntity("A patch must not change the resourceType or id")
-                check_resource(resource_type, resource, id_required=True)
-                version = await self._write_next(conn, current, resource, "PATCH")
-                if version is not None:
-                    return WriteResult(version, created=False)
-                _check_if_match(if_match, current.version_id + 1)
+            return await self.patch_in(conn, resource_type, resource_id, patch, if_match)
+
+    async def patch_in(
+        self, conn: Any, resource_type: str, resource_id: str, patch: Any, if_match: int | None = None
+    ) -> WriteResult:
+        for _ in range(_MAX_WRITE_RETRIES):
+            current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id)
+            if current is None:
+                raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+            if current.deleted:
+                raise ResourceGone(f"{resource_type}/{resource_id} was deleted")
+            _check_if_match(if_match, current.version_id)
+            resource = apply_json_patch(orjson.loads(current.content or "{}"), patch)
+            if resource.get("resourceType") != resource_type or resource.get("id") != resource_id:
+                raise UnprocessableEntity("A patch must not change the resourceType or id")
+            check_resource(resource_type, resource, id_required=True)
+            version = await self._write_next(conn, current, resource, "PATCH")
+            if version is not None:
+                return WriteResult(version, created=False)
+            _check_if_match(if_match, current.version_id + 1)
         raise VersionConflict(f"{resource_type}/{resource_id} is being changed by others; try again")
 
     async def conditional_patch(self, resource_type: str, query: str, patch: Any) -> WriteResult:
@@ -257,34 +318,53 @@ class ResourceService:
         Returns the deletion version, or None when the resource was already deleted.
         """
         async with self.db.connection() as conn:
-            return await self._delete_in(conn, resource_type, resource_id)
+            return await self.delete_in(conn, resource_type, resource_id)
 
-    async def _delete_in(self, conn: Any, resource_type: str, resource_id: str) -> StoredVersion | None:
+    async def delete_in(
+        self, conn: Any, resource_type: str, resource_id: str, if_match: int | None = None
+    ) -> StoredVersion | None:
         for _ in range(_MAX_WRITE_RETRIES):
             current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id)
             if current is None:
                 raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+            _check_if_match(if_match, current.version_id)
             if current.deleted:
                 return None
             version = await self._write_next(conn, current, None, "DELETE")
             if version is not None:
                 return version
+            _check_if_match(if_match, current.version_id + 1)
         raise VersionConflict(f"{resource_type}/{resource_id} is being changed by others; try again")
 
     async def conditional_delete(self, resource_type: str, query: str) -> StoredVersion | None:
         """Conditional delete (http.html#3.1.0.7.1): single-match only, more than one is 412."""
         async with self.db.transaction() as conn:
-            await self._lock(conn, "cond-delete", resource_type, query)
-            matches = await find_matches(conn, self.tenant, resource_type, query, limit=2)
-            if len(matches) > 1:
-                raise PreconditionFailed(f"The criteria '{query}' match more than one {resource_type}")
-            if not matches:
-                return None
-            return await self._delete_in(conn, resource_type, matches[0].id)
+            return await self.conditional_delete_in(conn, resource_type, query)
 
-    async def _lock(self, conn: Any, kind: str, resource_type: str, query: str) -> None:
+    async def conditional_delete_in(self, conn: Any, resource_type: str, query: str) -> StoredVersion | None:
+        """Conditional delete on ``conn``, which must be in a transaction (the lock lasts until its end)."""
+        matches = await self.matches_in(conn, COND_DELETE, resource_type, query)
+        if len(matches) > 1:
+            raise PreconditionFailed(f"The criteria '{query}' match more than one {resource_type}")
+        if not matches:
+            return None
+        return await self.delete_in(conn, resource_type, matches[0].id)
+
+    async def matches_in(self, conn: Any, kind: str, resource_type: str, query: str) -> list[StoredVersion]:
+        """Up to two resources matching conditional ``query``, under the lock of (``kind``, criteria).
+
+        ``conn`` must be in a transaction. A caller that waited for the lock sees what the holder
+        committed: under READ COMMITTED the search after it is a new statement with a new snapshot.
+        """
+        await self.lock_in(conn, kind, resource_type, query)
+        return await find_matches(conn, self.tenant, resource_type, query, limit=2)
+
+    async def lock_in(self, conn: Any, kind: str, resource_type: str, query: str) -> None:
         """Serialise conditional writes on the same criteria, so that two never both create."""
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(self.tenant, kind, resource_type, query),))
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key(kind, resource_type, query),))
+
+    def lock_key(self, kind: str, resource_type: str, query: str) -> int:
+        return _lock_key(self.tenant, kind, resource_type, query)
 
 
 def _check_if_match(if_match: int | None, current_version: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from psycopg import AsyncConnection
 
+from fhir_server.search.normalize import url_key
 from fhir_server.search.paging import PageToken, SortKey, after_condition, order_by
 from fhir_server.search.sort import DEFAULT_ORDER
 from fhir_server.storage.repository import StoredVersion
@@ -123,3 +124,25 @@ async def run_search(conn: AsyncConnection, q: SearchQuery) -> SearchPage:
         nxt = last if more else None
         prev = first if q.page is not None and fetched else None
     return SearchPage(rows, total, nxt, prev)
+
+
+async def load_conformance(
+    conn: AsyncConnection, tenant: str, resource_type: str, *, url: str | None = None, id: str | None = None
+) -> list[dict[str, Any]]:
+    """A tenant's live ``resource_type`` resources (CodeSystem, ValueSet) with canonical ``url``
+    (every version, the most recently updated first; via the ``url`` uri index) or with ``id``.
+    ``terminology.StoredTerminology`` calls this when a search names a value set or code system."""
+    binds: dict[str, Any] = {"tenant": tenant, "rtype": resource_type}
+    sql = "SELECT r.content::text FROM resource r WHERE r.tenant_id = %(tenant)s AND r.resource_type = %(rtype)s"
+    if id is not None:
+        binds["id"] = id
+        sql += " AND r.id = %(id)s AND NOT r.deleted"
+    else:
+        binds["url"] = url_key(url)
+        sql += (
+            " AND NOT r.deleted AND EXISTS (SELECT 1 FROM idx_uri u WHERE u.tenant_id = %(tenant)s"
+            " AND u.resource_type = r.resource_type AND u.resource_id = r.id AND u.param = 'url'"
+            " AND u.value = %(url)s) ORDER BY r.last_updated DESC LIMIT 100"
+        )
+    cur = await conn.execute(sql, binds)
+    return [orjson.loads(row[0]) for row in await cur.fetchall()]

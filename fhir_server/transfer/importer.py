@@ -1,12 +1,18 @@
 """``fhir-server import``: Bundles (.json) and NDJSON (.ndjson), files or folders, gzip or plain.
 
-Every resource of a file is validated before any of it is written, so a bad file is reported
-and skipped whole while the good ones are kept.
+Every file goes through the bundle service (``services.bundles``) exactly as ``POST [base]`` would:
+a transaction Bundle (and an NDJSON file, a collection, a lone resource, each made a transaction)
+is written whole or not at all, with ``urn:uuid`` and conditional references resolved; a batch
+entry by entry. A bad file is reported and the good ones kept. One difference from HTTP, unless
+``--server-ids``: a POSTed entry whose fullUrl is ``urn:uuid:<id>`` keeps that id, so importing
+the same file again updates rather than duplicates. Files that fail on a missing dependency (a
+conditional reference to what another file creates) are retried after the others.
 """
 
 from __future__ import annotations
 
 import gzip
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,11 +23,9 @@ from tqdm import tqdm
 
 from fhir_server.audit.actor import Actor
 from fhir_server.errors import FhirError
-from fhir_server.services.conditional import find_matches
+from fhir_server.services.bundles import BundleService
 from fhir_server.services.resources import ResourceService
-from fhir_server.services.validate import check_resource
 from fhir_server.storage.db import Database
-from fhir_server.transfer.bundles import ImportItem, bundle_items
 
 SUFFIXES = (".json", ".ndjson", ".json.gz", ".ndjson.gz")
 
@@ -43,59 +47,114 @@ def _read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def load_items(path: Path) -> list[ImportItem]:
+def _as_transaction(resources: list[Any]) -> dict[str, Any]:
+    """Resources without requests (NDJSON lines, a collection, a lone resource) as a transaction:
+    PUT when they carry an id, POST when they do not."""
+    entries = []
+    for resource in resources:
+        rid = resource.get("id") if isinstance(resource, dict) else None
+        rtype = resource.get("resourceType", "") if isinstance(resource, dict) else ""
+        request = {"method": "PUT", "url": f"{rtype}/{rid}"} if rid else {"method": "POST", "url": rtype}
+        entries.append({"resource": resource, "request": request})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def load_bundle(path: Path) -> tuple[dict[str, Any], bool]:
+    """The file as a transaction or batch Bundle, and whether it was made from plain resources."""
     text = _read_text(path)
     if ".ndjson" in path.name:
-        items = []
-        for line in text.splitlines():
-            if line.strip():
-                resource = orjson.loads(line)
-                items.append(ImportItem(resource, "PUT" if resource.get("id") else "POST"))
-        return items
+        return _as_transaction([orjson.loads(line) for line in text.splitlines() if line.strip()]), True
     doc: Any = orjson.loads(text)
-    if isinstance(doc, dict) and doc.get("resourceType") == "Bundle" and doc.get("type") in ("transaction", "batch", "collection"):
-        return bundle_items(doc)
-    return [ImportItem(doc, "PUT" if isinstance(doc, dict) and doc.get("id") else "POST")]
+    if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
+        if doc.get("type") in ("transaction", "batch"):
+            return doc, False
+        if doc.get("type") == "collection":
+            sources = [e for e in doc.get("entry") or [] if isinstance(e, dict)]
+            bundle = _as_transaction([e.get("resource") for e in sources])
+            for made, source in zip(bundle["entry"], sources, strict=True):
+                if source.get("fullUrl"):
+                    made["fullUrl"] = source["fullUrl"]
+            return bundle, False
+    return _as_transaction([doc]), True
 
 
-async def _write(service: ResourceService, item: ImportItem) -> None:
-    rtype = item.resource["resourceType"]
-    if item.method == "PUT":
-        if item.condition:
-            async with service.db.connection() as conn:
-                if await find_matches(conn, service.tenant, rtype, item.condition, limit=1):
-                    return
-        await service.update(rtype, item.resource["id"], item.resource)
-    elif item.method == "CREATE_IF":
-        await service.create(rtype, item.resource, if_none_exist=item.condition)
-    else:
-        await service.create(rtype, item.resource)
+_AT_ENTRY = re.compile(r"Bundle\.entry\[(\d+)\](?:\.resource)?(.*)")
 
 
-async def run_import(database_url: str, paths: list[Path], *, tenant: str) -> int:
+def _describe(exc: FhirError, bundle: dict[str, Any], made: bool) -> str:
+    """The first issue; for plain resources the element as in the resource (``Patient.gender``)."""
+    issue = exc.issues[0]
+    where = issue.expression or ""
+    m = _AT_ENTRY.fullmatch(where)
+    if made and m:
+        resource = bundle["entry"][int(m[1])].get("resource")
+        rtype = resource.get("resourceType", "") if isinstance(resource, dict) else ""
+        where = f"{rtype}{m[2]}" + (f" (resource {int(m[1]) + 1})" if len(bundle["entry"]) > 1 else "")
+    return f"{issue.diagnostics} {where}".strip()
+
+
+class _FileFailed(Exception):
+    def __init__(self, reason: str, *, retry: bool, written: int = 0) -> None:
+        super().__init__(reason)
+        self.reason, self.retry, self.written = reason, retry, written
+
+
+# a file failing on these may succeed once other files are in (a conditional reference, an ifMatch)
+_DEPENDENCY_STATUSES = frozenset({404, 409, 412})
+
+
+async def _import_file(bundles: BundleService, path: Path) -> int:
+    """Import one file through the bundle service; the number of entries done."""
+    try:
+        bundle, made = load_bundle(path)
+    except (ValueError, OSError) as exc:
+        raise _FileFailed(str(exc), retry=False) from None
+    try:
+        _, results, _ = await bundles.run(bundle)
+    except FhirError as exc:
+        raise _FileFailed(_describe(exc, bundle, made), retry=exc.status in _DEPENDENCY_STATUSES) from None
+    failed = [r.error for r in results if r.error is not None]
+    done = len(results) - len(failed)
+    if failed:  # a batch: the other entries are in
+        raise _FileFailed(
+            f"{len(failed)} of {len(results)} entries failed; first: {_describe(failed[0], bundle, made)}",
+            retry=done == 0 and all(e.status in _DEPENDENCY_STATUSES for e in failed), written=done,
+        )
+    return done
+
+
+async def run_import(database_url: str, paths: list[Path], *, tenant: str, server_ids: bool = False) -> int:
     db = Database(database_url, min_size=1, max_size=2, application_name="fhir-import")
     await db.open()
     service = ResourceService(db, tenant, Actor("fhir-server import", method="SYSTEM", path="import"))
+    bundles = BundleService(service, keep_local_ids=not server_ids)
     written = 0
     bad: list[tuple[Path, str]] = []
     files = discover(paths)
     started = time.perf_counter()
     try:
         with tqdm(total=len(files), unit="file", file=sys.stderr) as bar:
-            for path in files:
-                try:
-                    items = load_items(path)
-                    for item in items:
-                        check_resource(item.resource.get("resourceType", ""), item.resource, id_required=False)
-                    for item in items:
-                        await _write(service, item)
-                        written += 1
-                except (FhirError, ValueError, OSError) as exc:
-                    detail = exc.issues[0].diagnostics if isinstance(exc, FhirError) else str(exc)
-                    where = exc.issues[0].expression if isinstance(exc, FhirError) and exc.issues[0].expression else ""
-                    bad.append((path, f"{detail} {where}".strip()))
-                bar.update(1)
-                bar.set_postfix(resources=written)
+            pending = files
+            while pending:
+                waiting: list[tuple[Path, str]] = []
+                for path in pending:
+                    try:
+                        written += await _import_file(bundles, path)
+                    except _FileFailed as failed:
+                        written += failed.written
+                        if failed.retry:
+                            waiting.append((path, failed.reason))
+                            continue
+                        bad.append((path, failed.reason))
+                    bar.update(1)
+                    bar.set_postfix(resources=written)
+                # files that failed on a missing dependency (a conditional reference to what another
+                # file creates) get another pass, as long as the previous pass made progress
+                if len(waiting) == len(pending):
+                    bad.extend(waiting)
+                    bar.update(len(waiting))
+                    break
+                pending = [path for path, _ in waiting]
         if written:
             # fresh planner statistics, so searches and reads use the right indexes at once
             async with db.connection() as conn:

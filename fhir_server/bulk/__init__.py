@@ -1,0 +1,1 @@
+"""Bulk data: $export jobs (Bulk Data Access 2.0)."""
