@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness as h  # noqa: E402
+import harness as h
 
 SYNTHEA = Path("/work/shared/data/synthea/smart-generated-sample-data")
 
@@ -82,27 +82,28 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     with h.temp_dir("fhir-bench-tx-") as tmp, h.postgres(tmp) as (admin_url, postmaster):
         pg_version = h.query(admin_url, "SHOW server_version")[0][0]
-        with h.fresh_database(admin_url, "tx") as db:
-            with h.fhir_server(db, args.workers, tmp / "server.log", FHIR_MAX_BODY_BYTES="100000000",
-                               FHIR_ACCESS_LOG="false") as srv:
-                srv.start("/fhir/metadata")
-                run_transaction(httpx.Client(base_url=f"http://{h.HOST}:{srv.port}", timeout=600), bundles[0])  # warm-up
-                for i in range(args.rounds):
-                    order = [("transaction", run_transaction), ("one-by-one", run_one_by_one)]
-                    if i % 2:
-                        order.reverse()
-                    for name, fn in order:
-                        result = {"round": i, "path": name, **measure(srv, postmaster, fn, bundles)}
-                        runs.append(result)
-                        print(f"round {i} {name:<12} {result['entries_per_s']:>8.1f} entries/s "
-                              f"({result['seconds']:.2f} s; cpu server {result['cpu_server']}, "
-                              f"postgres {result['cpu_postgres']}, machine {result['cpu_machine']}; CPU ms/entry "
-                              f"server {result['cpu_ms_per_entry_server']}, postgres {result['cpu_ms_per_entry_postgres']})",
-                              flush=True)
+        with h.fresh_database(admin_url, "tx") as db, h.fhir_server(
+            db, args.workers, tmp / "server.log", FHIR_MAX_BODY_BYTES="100000000", FHIR_ACCESS_LOG="false"
+        ) as srv:
+            srv.start("/fhir/metadata")
+            with httpx.Client(base_url=f"http://{h.HOST}:{srv.port}", timeout=600) as warm:
+                run_transaction(warm, bundles[0])  # warm-up: definitions loaded, connections open
+            for i in range(args.rounds):
+                order = [("transaction", run_transaction), ("one-by-one", run_one_by_one)]
+                if i % 2:
+                    order.reverse()
+                for name, fn in order:
+                    result = {"round": i, "path": name, **measure(srv, postmaster, fn, bundles)}
+                    runs.append(result)
+                    print(f"round {i} {name:<12} {result['entries_per_s']:>8.1f} entries/s "
+                          f"({result['seconds']:.2f} s; cpu server {result['cpu_server']}, "
+                          f"postgres {result['cpu_postgres']}, machine {result['cpu_machine']}; CPU ms/entry "
+                          f"server {result['cpu_ms_per_entry_server']}, postgres {result['cpu_ms_per_entry_postgres']})",
+                          flush=True)
     median = {name: statistics.median(r["entries_per_s"] for r in runs if r["path"] == name)
               for name in ("transaction", "one-by-one")}
     ratio = median["transaction"] / median["one-by-one"]
-    cpu_ms = {name: statistics.median(r["cpu_ms_per_entry_server"] for r in runs if r["path"] == name)
+    cpu_ms = {name: round(statistics.median(r["cpu_ms_per_entry_server"] for r in runs if r["path"] == name), 2)
               for name in ("transaction", "one-by-one")}
     print(f"\nmedian entries/s: transaction {median['transaction']:.1f}, one-by-one {median['one-by-one']:.1f}, "
           f"ratio {ratio:.2f}x; server CPU ms/entry: transaction {cpu_ms['transaction']}, one-by-one {cpu_ms['one-by-one']}")

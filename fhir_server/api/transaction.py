@@ -43,7 +43,7 @@ def _http_date(entry: BundleEntry) -> str | None:
     if not value:
         return None
     try:
-        return http_date(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        return http_date(datetime.fromisoformat(value))
     except ValueError:
         raise BadRequest(
             f"Bundle.entry[{entry.index}]: ifModifiedSince '{value}' is not an instant",

@@ -227,4 +227,8 @@ async def delete_files(job_result: dict[str, Any] | None, job_checkpoint: dict[s
             log.warning("could not delete export file", extra={"key": key}, exc_info=True)
 
 
-register_kind(KIND, export)
+async def _cleanup(job: Any) -> None:
+    await delete_files(job.result, job.checkpoint)
+
+
+register_kind(KIND, export, cleanup=_cleanup)

@@ -58,11 +58,16 @@ class JobContext:
 
 
 Handler = Callable[[JobContext], Awaitable[dict[str, Any] | None]]
+Cleanup = Callable[[Job], Awaitable[None]]
 _KINDS: dict[str, Handler] = {}
+_CLEANUPS: dict[str, Cleanup] = {}
 
 
-def register_kind(kind: str, handler: Handler) -> None:
+def register_kind(kind: str, handler: Handler, *, cleanup: Cleanup | None = None) -> None:
+    """``cleanup`` runs for an expired job of ``kind`` before its row is deleted (e.g. its files)."""
     _KINDS[kind] = handler
+    if cleanup is not None:
+        _CLEANUPS[kind] = cleanup
 
 
 def registered_kinds() -> list[str]:
@@ -108,8 +113,7 @@ class JobRunner:
                 ran = await self.run_one()
                 if time.monotonic() - self._last_cleanup > _CLEANUP_SECONDS:
                     self._last_cleanup = time.monotonic()
-                    async with self.db.connection() as conn:
-                        await store.delete_expired(conn)
+                    await self.remove_expired()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -119,6 +123,17 @@ class JobRunner:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    async def remove_expired(self) -> None:
+        """Expired jobs: their kind's cleanup first (files...), then the row."""
+        async with self.db.connection() as conn:
+            expired = await store.expired(conn)
+        for job in expired:
+            cleanup = _CLEANUPS.get(job.kind)
+            if cleanup is not None:
+                await cleanup(job)
+            async with self.db.connection() as conn:
+                await store.delete(conn, job)
 
     async def run_one(self) -> bool:
         """Claim one job and run it to its end; False when there was none."""

@@ -145,6 +145,10 @@ async def cancel(conn: AsyncConnection, tenant: str, job_id: uuid.UUID, kind: st
     return _job(await cur.fetchone())
 
 
-async def delete_expired(conn: AsyncConnection) -> int:
-    cur = await conn.execute("DELETE FROM job WHERE expires < now()")
-    return cur.rowcount
+async def expired(conn: AsyncConnection, limit: int = 500) -> list[Job]:
+    cur = await conn.execute(f"SELECT {_COLS} FROM job WHERE expires < now() ORDER BY expires LIMIT %s", (limit,))
+    return [Job(*row) for row in await cur.fetchall()]
+
+
+async def delete(conn: AsyncConnection, job: Job) -> None:
+    await conn.execute("DELETE FROM job WHERE tenant_id = %s AND id = %s", (job.tenant_id, job.id))

@@ -186,3 +186,37 @@ def test_files_split_and_job_resumes_after_a_dead_process(
         assert done.json()["output"][0]["url"] == first_url  # the recorded file was kept, not redone
         resumed = _lines(c, done.json())
         assert sorted(x["id"] for x in resumed["Observation"]) == sorted(data["observations"])
+
+
+def test_expired_export_files_are_removed(client: httpx.Client, database_url: str) -> None:
+    """export.html#response---complete-status: Expires; after it the files and the job are gone."""
+    import asyncio
+    from pathlib import Path
+
+    from fhir_server.bulk import export as bulk
+    from fhir_server.jobs.runner import JobRunner
+    from fhir_server.storage.blobs import LocalBlobStore
+    from fhir_server.storage.db import Database
+
+    tag = uuid.uuid4().hex
+    _data(client, tag)
+    manifest = _export(client, "/$export", _filters(tag, "Patient"))
+    job_id = manifest["_status"].rsplit("=", 1)[1]
+    blobs = LocalBlobStore(Path.cwd() / "fhir-data" / "blobs")  # where the test server keeps them
+    with psycopg.connect(database_url, autocommit=True) as db:
+        key = db.execute("SELECT result FROM job WHERE id = %s", (job_id,)).fetchone()[0]["files"][0]["key"]
+        assert blobs.path(key).exists()
+        db.execute("UPDATE job SET expires = now() - interval '1 second' WHERE id = %s", (job_id,))
+
+    async def sweep() -> None:
+        database = Database(database_url, min_size=1, max_size=2)
+        await database.open()
+        try:
+            bulk.configure(blobs)
+            await JobRunner(database).remove_expired()
+        finally:
+            await database.close()
+
+    asyncio.run(sweep())
+    assert not blobs.path(key).exists()
+    assert_outcome(client.get(manifest["_status"]), 404)
