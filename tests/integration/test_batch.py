@@ -77,7 +77,7 @@ def test_batch_patch_entries(client: httpx.Client) -> None:
     assert got[1]["response"]["status"].startswith("501")
 
 
-def _audit_rows(db: psycopg.Connection, request_id: str, n: int, timeout: float = 5.0) -> list[tuple]:
+def _audit_rows(db: psycopg.Connection, request_id: str, n: int, timeout: float = 30.0) -> list[tuple]:
     deadline = time.monotonic() + timeout
     while True:
         rows = db.execute(
