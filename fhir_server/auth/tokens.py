@@ -25,10 +25,24 @@ ALGORITHM = "HS256"
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who is calling, as every layer sees it (set by the auth middleware in ``scope["state"]``).
+
+    ``role`` is the role the permission matrix applies (``fhir_server.auth.permissions``);
+    ``scope`` the granted OAuth/SMART scopes (space-separated); ``fhir_user`` the FHIR identity
+    (``Practitioner/123``) recorded as the actor in AuditEvent and Provenance; ``patient`` the
+    SMART launch patient a ``patient/`` scope confines the token to; ``facilities`` the
+    Organization/Location ids a user is bound to (None: the whole tenant); ``client_id`` the
+    OAuth client the token was issued to.
+    """
+
     subject: str
     tenant: str
     role: str
     scope: str
+    client_id: str | None = None
+    fhir_user: str | None = None
+    patient: str | None = None
+    facilities: tuple[str, ...] | None = None
 
 
 def load_or_create_secret(database_url: str) -> str:
