@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from fhir_server import logs
 from fhir_server.api import errors, routes
@@ -19,6 +20,7 @@ from fhir_server.auth.middleware import BearerAuth
 from fhir_server.auth.tokens import TokenVerifier, load_or_create_secret
 from fhir_server.bulk import export as bulk_export
 from fhir_server.jobs.runner import JobRunner
+from fhir_server.ratelimit.middleware import RateLimit, RatePolicy, make_backend
 from fhir_server.services.binary import BinaryPolicy
 from fhir_server.settings import Settings
 from fhir_server.storage.blobs import open_blob_store
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bulk_export.configure(app.state.blobs)  # $export output files
         app.state.binary_policy = BinaryPolicy.from_settings(settings)
         _warm_up()
+        app.state.rate_limiter = make_backend(settings, db)
         app.state.jobs = JobRunner(db)  # $reindex (and later $export) jobs, resumed after a restart
         app.state.jobs.start()
         log.info("fhir server ready", extra={"dev_mode": settings.dev_mode})
@@ -82,7 +85,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.dev_mode:
         secret = settings.auth_secret.get_secret_value() if settings.auth_secret else load_or_create_secret(database_url)
         verifier = TokenVerifier(secret)
+    app.add_middleware(RateLimit, policy=RatePolicy.from_settings(settings))  # inside auth: knows the user
     app.add_middleware(BearerAuth, verifier=verifier)
     app.add_middleware(AuditTrail)  # outside auth, so refused requests are audited too
     app.add_middleware(RequestIdAndLog, access_log=settings.access_log)
+    _add_cors(app, settings)  # outermost: preflights and error answers carry the CORS headers
     return app
+
+
+def _add_cors(app: FastAPI, settings: Settings) -> None:
+    """CORS for browser frontends (https://fetch.spec.whatwg.org/#http-cors-protocol), off unless
+    ``FHIR_CORS_ORIGINS`` lists origins; a wildcard together with credentials is refused."""
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return
+    if "*" in origins and settings.cors_allow_credentials:
+        raise ValueError("FHIR_CORS_ORIGINS='*' cannot be used with FHIR_CORS_ALLOW_CREDENTIALS: name the origins")
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_credentials=settings.cors_allow_credentials,
+        allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_EXPOSED_HEADERS,
+        max_age=settings.cors_max_age,
+    )
+
+
+CORS_REQUEST_HEADERS = [
+    "Authorization", "Content-Type", "Accept", "Prefer", "If-Match", "If-None-Match", "If-None-Exist",
+    "If-Modified-Since", "X-Request-Id", "X-Security-Context",
+]
+CORS_EXPOSED_HEADERS = [
+    "ETag", "Location", "Content-Location", "Last-Modified", "X-Request-Id", "X-Progress", "Retry-After",
+]

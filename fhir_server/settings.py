@@ -52,3 +52,12 @@ class Settings(BaseSettings):
     # Bulk $export (fhir_server/bulk): NDJSON output files are split past either limit
     export_file_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     export_file_max_resources: int = Field(default=100_000, ge=1)
+
+    # CORS (README "CORS and rate limits"): comma-separated origins; empty = no CORS headers
+    cors_origins: str = ""
+    cors_allow_credentials: bool = False
+    cors_max_age: int = 600  # seconds a browser may cache a preflight answer
+    # Rate limits per class of request, each applied per IP, per user and per OAuth client
+    rate_limits: str = "read=6000/minute;search=3000/minute;write=3000/minute;bulk=20/minute;auth=30/minute"
+    # postgresql (shared by all workers), memory (per process), off, or a limits URI (async+redis://host:6379)
+    rate_limit_storage: str = "postgresql"

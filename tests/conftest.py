@@ -140,6 +140,8 @@ class ServerProcess:
 def server_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_") and k != "DATABASE_URL"}
     env["FHIR_POOL_MIN_SIZE"] = "2"
+    # the suite sends far more than a person would; tests/integration/test_rate_limits.py checks the limits
+    env["FHIR_RATE_LIMITS"] = "read=1000000/minute;search=1000000/minute;write=1000000/minute;bulk=100000/minute;auth=100000/minute"
     env.update(extra)
     return env
 

@@ -1,0 +1,1 @@
+"""Rate limits per user, per client and per IP (README "CORS and rate limits")."""

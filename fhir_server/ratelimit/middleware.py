@@ -1,0 +1,198 @@
+"""Rate limits per user, per client and per IP, by class of request (README "CORS and rate limits").
+
+Classes: ``read`` (read, vread, history, metadata), ``search`` (type/system search, ``_search``),
+``write`` (create, update, patch, delete, transactions, other POSTs), ``bulk`` (``$export``,
+``$import``, ``$reindex``), ``auth`` (the OAuth endpoints under ``/auth``). Each class has a
+fixed-window limit (``FHIR_RATE_LIMITS``, the ``limits`` library's notation, e.g.
+``write=3000/minute``) applied separately to the caller's user (tenant + token subject) and its
+OAuth client, or, for a caller without a token, to its IP. Over the limit: ``429`` with ``Retry-After`` and an OperationOutcome
+(``throttled``); nothing is done. The counters live in PostgreSQL (shared by every worker process
+and host) unless ``FHIR_RATE_LIMIT_STORAGE`` names ``memory`` (per process) or a ``limits``
+storage URI such as ``async+redis://host:6379``.
+
+The middleware sits inside authentication, so a user is known; requests refused with 401 are
+not counted (they cost no database work). The client IP is the socket peer; behind a proxy, let
+uvicorn rewrite it (``UVICORN_OPTIONS="--forwarded-allow-ips=10.0.0.5"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from limits import RateLimitItem, parse
+from limits.aio.strategies import FixedWindowRateLimiter
+from limits.storage import storage_from_string
+
+from fhir_server.errors import Issue, operation_outcome
+from fhir_server.ratelimit.storage import PostgresStorage
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("read", "search", "write", "bulk", "auth")
+_BULK_OPS = frozenset({"$export", "$import", "$reindex"})
+_CLEANUP_SECONDS = 60.0
+
+
+def parse_limits(text: str) -> dict[str, RateLimitItem]:
+    """``"read=6000/minute;write=3000/minute"`` → {class: limit}; unknown classes are an error."""
+    out: dict[str, RateLimitItem] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in CLASSES:
+            raise ValueError(f"FHIR_RATE_LIMITS: '{part}' is not <class>=<limit> with a class of {', '.join(CLASSES)}")
+        out[name] = parse(value.strip())
+    return out
+
+
+def classify(method: str, path: str) -> str:
+    if path.startswith("/auth/"):
+        return "auth"
+    if not path.startswith("/fhir"):
+        return "read"
+    from fhir_server.api.routes import shape_of
+
+    shape, params = shape_of(path)
+    if shape.endswith("$"):
+        return "bulk" if params[-1] in _BULK_OPS else ("read" if method in ("GET", "HEAD") else "write")
+    if method in ("GET", "HEAD"):
+        return "search" if shape in ("", "T") else "read"
+    if shape == "T/_search":
+        return "search"
+    return "write"
+
+
+class Backend:
+    async def hit(self, item: RateLimitItem, keys: list[str]) -> float | None:
+        """Count one hit on every key; None if all are within ``item``, else seconds to wait."""
+        raise NotImplementedError
+
+    async def housekeeping(self) -> None:
+        return None
+
+
+class PostgresBackend(Backend):
+    def __init__(self, storage: PostgresStorage) -> None:
+        self.storage = storage
+
+    async def hit(self, item: RateLimitItem, keys: list[str]) -> float | None:
+        counts = await self.storage.incr_many(keys, [float(item.get_expiry())] * len(keys))
+        over = [end for count, end in counts.values() if count > item.amount]
+        return max(over) - time.time() if over else None
+
+    async def housekeeping(self) -> None:
+        await self.storage.remove_expired()
+
+
+class LimitsBackend(Backend):
+    """Any storage of the ``limits`` library (memory, Redis...), one call per key."""
+
+    def __init__(self, uri: str) -> None:
+        self.limiter = FixedWindowRateLimiter(storage_from_string(uri))
+
+    async def hit(self, item: RateLimitItem, keys: list[str]) -> float | None:
+        waits = []
+        for key in keys:
+            if not await self.limiter.hit(item, key):
+                stats = await self.limiter.get_window_stats(item, key)
+                waits.append(stats.reset_time - time.time())
+        return max(waits) if waits else None
+
+
+@dataclass(frozen=True, slots=True)
+class RatePolicy:
+    limits: dict[str, RateLimitItem]
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RatePolicy | None:
+        if settings.rate_limit_storage == "off":
+            return None
+        return cls(parse_limits(settings.rate_limits))
+
+
+def make_backend(settings: Any, db: Any) -> Backend:
+    kind = settings.rate_limit_storage
+    if kind == "postgresql":
+        return PostgresBackend(PostgresStorage(db))
+    if kind == "memory":
+        return LimitsBackend("async+memory://")
+    return LimitsBackend(kind)
+
+
+class RateLimit:
+    def __init__(self, app: Any, *, policy: RatePolicy | None) -> None:
+        self.app = app
+        self.policy = policy
+        self._last_cleanup = time.monotonic()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.policy is None or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        cls = classify(method, path)
+        item = self.policy.limits.get(cls)
+        backend: Backend | None = getattr(scope["app"].state, "rate_limiter", None)
+        if item is None or backend is None:
+            await self.app(scope, receive, send)
+            return
+        keys = _keys(scope, cls, item)
+        try:
+            wait = await backend.hit(item, keys)
+        except Exception:  # the limiter's storage failing must not take the API down
+            log.warning("rate limiter unavailable; request let through", exc_info=True)
+            wait = None
+        if time.monotonic() - self._last_cleanup > _CLEANUP_SECONDS:
+            self._last_cleanup = time.monotonic()
+            asyncio.get_running_loop().create_task(_quietly(backend.housekeeping()))
+        if wait is not None:
+            await _too_many(scope, send, cls, item, wait)
+            return
+        await self.app(scope, receive, send)
+
+
+def _keys(scope: dict[str, Any], cls: str, item: RateLimitItem) -> list[str]:
+    """Who the hit counts against: an authenticated caller's user (tenant + subject) and OAuth
+    client; a caller without a token (login and token endpoints, public paths, development mode)
+    its IP. Authenticated traffic is not limited by IP: a hospital's users often share one NAT
+    address."""
+    principal = scope.get("state", {}).get("principal")
+    if principal is None:
+        client = scope.get("client")
+        return [item.key_for(cls, "ip", client[0] if client else "unknown")]
+    keys = [item.key_for(cls, "user", principal.tenant, principal.subject)]
+    if principal.client_id:
+        keys.append(item.key_for(cls, "client", principal.tenant, principal.client_id))
+    return keys
+
+
+async def _quietly(coro: Any) -> None:
+    try:
+        await coro
+    except Exception:
+        log.warning("rate limit housekeeping failed", exc_info=True)
+
+
+async def _too_many(scope: dict[str, Any], send: Any, cls: str, item: RateLimitItem, wait: float) -> None:
+    retry = max(1, math.ceil(wait))
+    issue = Issue("error", "throttled", f"Too many {cls} requests (limit {item}); retry after {retry} s")
+    body = orjson.dumps(operation_outcome([issue], scope.get("state", {}).get("request_id")))
+    await send({
+        "type": "http.response.start",
+        "status": 429,
+        "headers": [
+            (b"content-type", b"application/fhir+json; charset=utf-8"),
+            (b"retry-after", str(retry).encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body})
