@@ -375,3 +375,31 @@ def test_read_in_a_batch_bundle_gives_the_resource_with_data(bc: httpx.Client) -
     (entry,) = r.json()["entry"]
     assert entry["response"]["status"].startswith("200")
     assert base64.b64decode(entry["resource"]["data"]) == content
+
+
+def test_document_reference_and_media_point_at_binaries(bc: httpx.Client) -> None:
+    """documentreference.html / media.html: Attachment.url names the Binary holding the content (a
+    lab report PDF, a radiology image); the reader follows it, and `_has`/reference search finds
+    nothing unexpected (Attachment.url is not a Reference)."""
+    import hashlib
+
+    pdf = b"%PDF-1.7\n" + os.urandom(200_000) + b"\n%%EOF\n"
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(50_000)
+    pdf_id = upload(bc, pdf, "application/pdf").json()["id"]
+    png_id = upload(bc, png, "image/png").json()["id"]
+    doc = bc.post("/DocumentReference", json={
+        "resourceType": "DocumentReference", "status": "current",
+        "type": {"coding": [{"system": "http://loinc.org", "code": "11502-2", "display": "Laboratory report"}]},
+        "content": [{"attachment": {"contentType": "application/pdf", "url": f"Binary/{pdf_id}", "size": len(pdf),
+                                    "hash": base64.b64encode(hashlib.sha1(pdf).digest()).decode(), "title": "CBC report"}}],
+    })
+    assert doc.status_code == 201, doc.text
+    media = bc.post("/Media", json={
+        "resourceType": "Media", "status": "completed",
+        "content": {"contentType": "image/png", "url": f"Binary/{png_id}"},
+    })
+    assert media.status_code == 201, media.text
+    for resource, expected, ctype in ((doc.json()["content"][0]["attachment"], pdf, "application/pdf"),
+                                      (media.json()["content"], png, "image/png")):
+        r = bc.get(f"/{resource['url']}")
+        assert r.status_code == 200 and r.content == expected and r.headers["content-type"].startswith(ctype)
