@@ -118,8 +118,10 @@ class RatePolicy:
         return cls(parse_limits(settings.rate_limits))
 
 
-def make_backend(settings: Any, db: Any) -> Backend:
+def make_backend(settings: Any, db: Any) -> Backend | None:
     kind = settings.rate_limit_storage
+    if kind == "off":
+        return None
     if kind == "postgresql":
         return PostgresBackend(PostgresStorage(db))
     if kind == "memory":

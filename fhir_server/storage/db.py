@@ -21,7 +21,11 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             open=False,
-            kwargs={"autocommit": True, "application_name": application_name},
+            # prepare_threshold None: no automatic server-side preparation. A prepared search would
+            # switch to PostgreSQL's generic plan after 5 runs, which ignores the bound values
+            # (bench/README.md "Search at scale": Observation patient+code 3 ms → 5.8 s). Writes and
+            # primary-key reads ask for preparation themselves (prepare=True).
+            kwargs={"autocommit": True, "application_name": application_name, "prepare_threshold": None},
         )
 
     async def open(self) -> None:
