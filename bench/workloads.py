@@ -141,3 +141,83 @@ class IfMatchUpdates:
     def __call__(self, conn_index: int) -> _Update:
         rid, version = self.owned[conn_index]
         return _Update(self.host, self.port, self.base, rid, version, random.Random(self.seed * 1000 + conn_index))
+
+
+# ---- upserts: plain vs conditional update (bench_upsert.py) -------------------------------------
+MRN_SYSTEM = "urn:oid:2.16.840.1.113883.19.5"
+MRN_QUERY = MRN_SYSTEM.replace(":", "%3A")  # percent-encoded in a request target
+
+
+class _Upsert:
+    """Cycles over its own Patients ``[(id, mrn), ...]``: each request a new version of the next one,
+    as ``PUT Patient/{id}`` (plain) or ``PUT Patient?identifier=system|mrn`` (conditional)."""
+
+    def __init__(self, host: str, port: int, base: str, owned: list[tuple[str, str]], conditional: bool,
+                 rng: random.Random) -> None:
+        self.host, self.port, self.base, self.owned, self.conditional, self.rng = host, port, base, owned, conditional, rng
+        self.i = 0
+
+    def request(self) -> bytes:
+        rid, mrn = self.owned[self.i % len(self.owned)]
+        self.i += 1
+        patient = realistic_patient(self.rng, int(mrn.removeprefix("MRN-")))
+        if self.conditional:
+            path = f"{self.base}/Patient?identifier={MRN_QUERY}%7C{mrn}"
+        else:
+            path = f"{self.base}/Patient/{rid}"
+            patient = {"resourceType": "Patient", "id": rid, **{k: v for k, v in patient.items() if k != "resourceType"}}
+        return build_request("PUT", self.host, self.port, path, orjson.dumps(patient), _JSON_HEADERS)
+
+    def response(self, status: int, head: bytes, body: bytes) -> None:
+        pass
+
+
+class Upserts:
+    """Connection i updates the Patients ``owned[i::connections]`` (disjoint sets: no two connections
+    write the same Patient), plain or conditional. The Patients carry ``identifier`` MRN_SYSTEM|MRN-n."""
+
+    def __init__(self, host: str, port: int, patients: list[tuple[str, str]], connections: int, *,
+                 conditional: bool, base_path: str = "/fhir", seed: int = 5) -> None:
+        self.host, self.port, self.patients, self.connections = host, port, patients, connections
+        self.conditional, self.base, self.seed = conditional, base_path, seed
+
+    def __call__(self, conn_index: int) -> _Upsert:
+        owned = self.patients[conn_index :: self.connections]
+        return _Upsert(self.host, self.port, self.base, owned, self.conditional, random.Random(self.seed * 1000 + conn_index))
+
+
+class _BundleUpsert(_Upsert):
+    """``size`` PUT entries per ``POST [base]`` (a transaction or batch Bundle)."""
+
+    def __init__(self, *args: Any, btype: str, size: int) -> None:
+        super().__init__(*args)
+        self.btype, self.size = btype, size
+
+    def request(self) -> bytes:
+        entries = []
+        for _ in range(self.size):
+            rid, mrn = self.owned[self.i % len(self.owned)]
+            self.i += 1
+            patient = realistic_patient(self.rng, int(mrn.removeprefix("MRN-")))
+            if self.conditional:
+                url = f"Patient?identifier={MRN_SYSTEM}|{mrn}"
+            else:
+                url = f"Patient/{rid}"
+                patient = {"resourceType": "Patient", "id": rid, **{k: v for k, v in patient.items() if k != "resourceType"}}
+            entries.append({"resource": patient, "request": {"method": "PUT", "url": url}})
+        body = orjson.dumps({"resourceType": "Bundle", "type": self.btype, "entry": entries})
+        headers = dict(_JSON_HEADERS, Prefer="return=minimal")
+        return build_request("POST", self.host, self.port, self.base, body, headers)
+
+
+class BundleUpserts(Upserts):
+    """Like ``Upserts``, ``size`` Patients per transaction or batch Bundle (needs ``size`` <= Patients per connection)."""
+
+    def __init__(self, *args: Any, btype: str, size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.btype, self.size = btype, size
+
+    def __call__(self, conn_index: int) -> _BundleUpsert:
+        owned = self.patients[conn_index :: self.connections]
+        return _BundleUpsert(self.host, self.port, self.base, owned, self.conditional,
+                             random.Random(self.seed * 1000 + conn_index), btype=self.btype, size=self.size)

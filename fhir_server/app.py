@@ -15,9 +15,11 @@ from fhir_server import logs
 from fhir_server.api import errors, routes
 from fhir_server.api.middleware import RequestIdAndLog
 from fhir_server.audit.middleware import AuditTrail
+from fhir_server.audit import switch as audit_switch
+from fhir_server.audit.chain import Sealer
 from fhir_server.audit.sink import AuditSink
 from fhir_server.auth.middleware import BearerAuth
-from fhir_server.auth.tokens import TokenVerifier, load_or_create_secret
+from fhir_server.auth import oauth
 from fhir_server.bulk import export as bulk_export
 from fhir_server.jobs.runner import JobRunner
 from fhir_server.ratelimit.middleware import RateLimit, RatePolicy, make_backend
@@ -25,6 +27,7 @@ from fhir_server.services.binary import BinaryPolicy
 from fhir_server.settings import Settings
 from fhir_server.storage.blobs import open_blob_store
 from fhir_server.storage.db import Database
+from fhir_server.tenancy.middleware import TenantFromPath
 from fhir_server.timeutil import now
 
 log = logging.getLogger("fhir_server")
@@ -48,6 +51,10 @@ def _warm_up() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logs.configure(os.environ.get("FHIR_LOG_LEVEL", "INFO"))  # also in uvicorn's worker processes
+    audit_switch.configure(settings.audit)
+    if not settings.audit:
+        log.error("FHIR_AUDIT=off: THE AUDIT TRAIL IS OFF in this process; no access is recorded. "
+                  "This setting exists for benchmarks only and must never be used with real patient data.")
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set; start the server with `fhir-server serve`")
     database_url = settings.database_url
@@ -59,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = db
         app.state.audit_sink = AuditSink(db)
         app.state.audit_sink.start()
+        app.state.audit_sealer = Sealer(db, interval=settings.audit_seal_interval)  # the hash chain (audit/chain.py)
+        app.state.audit_sealer.start()
         app.state.blobs = open_blob_store(settings)  # Binary content (services/binary.py)
         bulk_export.configure(app.state.blobs)  # $export output files
         app.state.binary_policy = BinaryPolicy.from_settings(settings)
@@ -66,12 +75,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.rate_limiter = make_backend(settings, db)
         app.state.jobs = JobRunner(db)  # $reindex (and later $export) jobs, resumed after a restart
         app.state.jobs.start()
+        await app.state.oauth.start()  # sync pool, external JWKS, revocation/key poller
+        if settings.dev_mode:
+            log.warning("DEVELOPMENT MODE: authentication is OFF in this worker; every request is served "
+                        "without a token. Never run this with real patient data.")
         log.info("fhir server ready", extra={"dev_mode": settings.dev_mode})
         try:
             yield
         finally:
+            await app.state.oauth.stop()
             await app.state.jobs.stop()
             await app.state.audit_sink.stop()
+            await app.state.audit_sealer.stop()
             await app.state.blobs.close()
             await db.close()
 
@@ -81,13 +96,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routes.install(app)
     errors.install(app)
 
-    verifier = None
-    if not settings.dev_mode:
-        secret = settings.auth_secret.get_secret_value() if settings.auth_secret else load_or_create_secret(database_url)
-        verifier = TokenVerifier(secret)
+    # SMART on FHIR: /auth/*, .well-known, /admin (fhir_server/auth/oauth); its verifier checks bearer tokens
+    oauth_runtime = oauth.install(app, settings, database_url)
+    verifier = None if settings.dev_mode else oauth_runtime.verifier
     app.add_middleware(RateLimit, policy=RatePolicy.from_settings(settings))  # inside auth: knows the user
     app.add_middleware(BearerAuth, verifier=verifier)
     app.add_middleware(AuditTrail)  # outside auth, so refused requests are audited too
+    # /fhir/{tenant}/… → /fhir/… + state["tenant"]: before audit and auth, which need the tenant
+    app.add_middleware(TenantFromPath, default_tenant=settings.default_tenant)
     app.add_middleware(RequestIdAndLog, access_log=settings.access_log)
     _add_cors(app, settings)  # outermost: preflights and error answers carry the CORS headers
     return app

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from fhir_server.audit.actor import Actor
+from fhir_server.audit.actor import Actor, actor_from_scope
+from fhir_server.auth.visibility import Access
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import Forbidden, ResourceNotFound
 from fhir_server.services.resources import BoundDatabase, ResourceService
@@ -12,18 +13,25 @@ from fhir_server.storage.db import Database
 
 
 def tenant_of(request: Request) -> str:
-    tenant: str = request.app.state.settings.default_tenant
-    principal = request.scope.get("state", {}).get("principal")
+    """The tenant of the request: from the URL (``/fhir/{tenant}/…``, set by
+    ``fhir_server.tenancy.middleware``), else the default tenant. The token must be for it."""
+    state = request.scope.get("state", {})
+    tenant: str = state.get("tenant") or request.app.state.settings.default_tenant
+    principal = state.get("principal")
     if principal is not None and principal.tenant != tenant:
         raise Forbidden("The token was issued for another tenant")
     return tenant
 
 
+def access_of(request: Request) -> Access:
+    """What the caller may see inside its tenant (facilities, SMART patient context)."""
+    return Access.of(request.scope.get("state", {}).get("principal"))
+
+
 def actor_of(request: Request) -> Actor:
-    state = request.scope.get("state", {})
-    principal = state.get("principal")
-    agent = principal.subject if principal is not None else "development-mode"
-    return Actor(agent, state.get("request_id"), request.method, request.scope["path"])
+    """Who acts: the token's subject, with its FHIR identity (``Principal.fhir_user``), client and
+    role, as the audit trail records them (``audit.actor.actor_from_scope``)."""
+    return actor_from_scope(request.scope)
 
 
 def database(request: Request) -> Database | BoundDatabase:
@@ -33,7 +41,7 @@ def database(request: Request) -> Database | BoundDatabase:
 
 
 def service(request: Request) -> ResourceService:
-    return ResourceService(database(request), tenant_of(request), actor_of(request))
+    return ResourceService(database(request), tenant_of(request), actor_of(request), access_of(request))
 
 
 def checked_type(resource_type: str) -> str:

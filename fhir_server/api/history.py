@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server.api.bundles import PAGE_PARAM, decode_cursor, encode_cursor, history_bundle
-from fhir_server.api.deps import checked_type, database, tenant_of
+from fhir_server.api.deps import access_of, checked_type, database, tenant_of
 from fhir_server.api.paging import page_size
 from fhir_server.api.responses import fhir_response
 from fhir_server.errors import BadRequest, ResourceNotFound
@@ -17,7 +17,7 @@ from fhir_server.storage.history import HistoryQuery, fetch_history
 from fhir_server.timeutil import parse_range
 
 def _query(request: Request, resource_type: str | None = None, resource_id: str | None = None) -> HistoryQuery:
-    q = HistoryQuery(tenant_of(request), resource_type, resource_id, count=page_size(request))
+    q = HistoryQuery(tenant_of(request), resource_type, resource_id, count=page_size(request), access=access_of(request))
     params = request.query_params
     if "_since" in params:
         since = params["_since"]
@@ -34,7 +34,7 @@ def _query(request: Request, resource_type: str | None = None, resource_id: str 
 async def _answer(request: Request, q: HistoryQuery) -> Response:
     async with database(request).connection() as conn:
         if q.resource_id is not None and q.resource_type is not None:
-            if not await repo.exists_any_version(conn, q.tenant, q.resource_type, q.resource_id):
+            if not await repo.exists_any_version(conn, q.tenant, q.resource_type, q.resource_id, access=q.access):
                 raise ResourceNotFound(f"{q.resource_type}/{q.resource_id} is not known")
         versions, cursor = await fetch_history(conn, q)
     token = encode_cursor(cursor) if cursor else None

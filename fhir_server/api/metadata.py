@@ -11,12 +11,17 @@ from fhir_server.timeutil import format_instant
 
 async def metadata(request: Request) -> Response:
     state = request.app.state
-    cached = getattr(state, "capability_statement", None)
+    base = base_url(request)  # per tenant: /fhir/{tenant}/metadata names the tenant's base
+    statements = getattr(state, "capability_statements", None)
+    if statements is None:
+        statements = state.capability_statements = {}
+    cached = statements.get(base)
     if cached is None:
-        cached = capability_statement(
-            base_url=base_url(request), auth_required=not state.settings.dev_mode, date=format_instant(state.started_at)
+        if len(statements) > 1000:  # bases are few (one per tenant and host name); never unbounded
+            statements.clear()
+        cached = statements[base] = capability_statement(
+            base_url=base, auth_required=not state.settings.dev_mode, date=format_instant(state.started_at)
         )
-        state.capability_statement = cached
     mode = request.query_params.get("mode", "full")
     if mode not in ("full", "normative", "terminology"):
         from fhir_server.errors import BadRequest

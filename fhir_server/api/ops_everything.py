@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
+from fhir_server.api.authorize import readable_types
 from fhir_server.api.bundles import page_links, searchset_bundle
-from fhir_server.api.deps import database, tenant_of
+from fhir_server.api.deps import access_of, database, tenant_of
 from fhir_server.api.operations import OperationCall, operation
 from fhir_server.api.paging import parse_count
 from fhir_server.api.responses import fhir_response
@@ -50,6 +51,9 @@ async def everything_op(call: OperationCall) -> Response:
     types = _types(call)
     if types is not None:
         applied.append(("_type", ",".join(types)))
+    readable = readable_types(request)  # only types the caller's role and scopes may read
+    if readable is not None:
+        types = [t for t in (types if types is not None else sorted(readable)) if t in readable]
     since = None
     raw_since = call.text("_since")
     if raw_since:
@@ -75,6 +79,7 @@ async def everything_op(call: OperationCall) -> Response:
         database(request),
         tenant_of(request),
         EverythingRequest(call.resource_type, call.resource_id, types, since, count, token),
+        access_of(request),
     )
     links = page_links(
         request,

@@ -29,9 +29,11 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from fhir_server.api.deps import database, tenant_of
+from fhir_server.api.authorize import narrow_types
+from fhir_server.api.deps import access_of, database, tenant_of
 from fhir_server.api.operations import OperationCall, operation
 from fhir_server.api.responses import base_url, fhir_response
+from fhir_server.auth.visibility import visible_binds
 from fhir_server.bulk import export as bulk
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import BadRequest, Issue, ResourceNotFound, operation_outcome
@@ -117,10 +119,13 @@ def _patients(call: OperationCall) -> list[str] | None:
 
 
 async def _group_members(request: Request, group_id: str) -> list[str]:
+    binds: dict[str, Any] = {"t": tenant_of(request), "id": group_id}
+    visible = visible_binds(access_of(request), "r", binds)  # a Group the caller may not see is unknown
     async with database(request).connection() as conn:
         cur = await conn.execute(
-            "SELECT deleted, content -> 'member' FROM resource WHERE tenant_id = %s AND resource_type = 'Group' AND id = %s",
-            (tenant_of(request), group_id),
+            "SELECT r.deleted, r.content -> 'member' FROM resource r WHERE r.tenant_id = %(t)s AND r.resource_type = 'Group'"
+            " AND r.id = %(id)s" + (f" AND {visible}" if visible else ""),
+            binds,
         )
         row = await cur.fetchone()
     if row is None or row[0]:
@@ -151,7 +156,7 @@ async def kick_off(call: OperationCall) -> Response:
             since_at = date_range(since.replace(" ", "+"))[0]
         except ValueError:
             raise BadRequest(f"_since '{since}' is not a FHIR instant", expression="_since") from None
-    types = _types(call, level)
+    types = narrow_types(request, _types(call, level), asked=bool(call.texts("_type")))
     ignored = [name for name in ("_elements", "includeAssociatedData") if call.first(name) is not None]
     if ignored and _strict(request):
         raise BadRequest(f"{', '.join(ignored)} is not supported by this server", expression=ignored[0])
@@ -171,7 +176,8 @@ async def kick_off(call: OperationCall) -> Response:
         "since": since_at.isoformat() if since is not None else None,
         "typeFilters": _type_filters(call, types),
         "transactionTime": now().isoformat(),
-        "request": str(request.url),
+        "request": base_url(request) + request.url.path.removeprefix("/fhir") + (f"?{request.url.query}" if request.url.query else ""),
+        "access": access_of(request).to_json(),  # the job exports only what the requester may see
         "fileMaxBytes": settings.export_file_max_bytes,
         "fileMaxResources": settings.export_file_max_resources,
         "ignored": ignored,

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from fhir_server.api.deps import actor_of, database, service, tenant_of
+from fhir_server.api.deps import access_of, actor_of, database, service, tenant_of
 from fhir_server.api.operations import OperationCall, operation
 from fhir_server.api.responses import fhir_response
 from fhir_server.errors import BadRequest
@@ -35,7 +35,7 @@ async def meta_op(call: OperationCall) -> Response:
         assert call.resource_type is not None
         current = await service(request).read(call.resource_type, call.resource_id)
         return fhir_response(request, _parameters(meta_of(current.content)))
-    meta = await meta_summary(database(request), tenant_of(request), call.resource_type)
+    meta = await meta_summary(database(request), tenant_of(request), call.resource_type, access_of(request))
     return fhir_response(request, _parameters(meta))
 
 
@@ -47,7 +47,8 @@ async def _change(call: OperationCall, *, add: bool) -> Response:
         raise BadRequest(f"${call.name} needs a Parameters body with a 'meta' parameter (valueMeta)", expression=_META_PARAM)
     change = check_meta(given["valueMeta"], _META_PARAM + ".valueMeta")
     meta, written = await change_meta(
-        database(request), tenant_of(request), actor_of(request), call.resource_type, call.resource_id, change, add=add
+        database(request), tenant_of(request), actor_of(request), call.resource_type, call.resource_id, change, add=add,
+        access=access_of(request),
     )
     if written:
         # the write recorded its own audit row (an update of the current version)

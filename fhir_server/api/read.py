@@ -25,6 +25,7 @@ def _not_modified(request: Request, version: StoredVersion) -> bool:
 
 async def read(resource_type: str, resource_id: str, request: Request) -> Response:
     version = await service(request).read(checked_type(resource_type), resource_id)
+    request.scope.setdefault("state", {})["audit_version"] = version  # its patient goes in the audit row
     headers = version_headers(version)
     if _not_modified(request, version):
         return Response(status_code=304, headers=headers)
@@ -33,6 +34,7 @@ async def read(resource_type: str, resource_id: str, request: Request) -> Respon
 
 async def vread(resource_type: str, resource_id: str, version_id: str, request: Request) -> Response:
     version = await service(request).vread(checked_type(resource_type), resource_id, version_id)
+    request.scope.setdefault("state", {})["audit_version"] = version  # its patient goes in the audit row
     headers = version_headers(version)
     if _not_modified(request, version):
         return Response(status_code=304, headers=headers)

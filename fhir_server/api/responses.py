@@ -19,10 +19,12 @@ PREFER_RETURN = frozenset({"minimal", "representation", "OperationOutcome"})
 
 
 def base_url(request: Request) -> str:
+    """The FHIR base of the request: ``FHIR_BASE_URL`` (or the request's own ``…/fhir``), plus
+    ``/{tenant}`` when the URL named the tenant (``fhir_server.tenancy.middleware``)."""
     configured = request.app.state.settings.base_url
-    if configured:
-        return configured.rstrip("/")
-    return str(request.base_url).rstrip("/") + "/fhir"
+    base = configured.rstrip("/") if configured else str(request.base_url).rstrip("/") + "/fhir"
+    segment = request.scope.get("state", {}).get("tenant_segment")
+    return f"{base}/{segment}" if segment else base
 
 
 def wants_pretty(request: Request) -> bool:

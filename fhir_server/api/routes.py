@@ -16,9 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server.api import binary, history, metadata, operations, read, search, transaction, write
+from fhir_server.api import auditevents
 from fhir_server.api import ops_everything, ops_meta, ops_validate  # noqa: F401  (operations register on import)
 from fhir_server.api import ops_reindex  # noqa: F401  ($reindex, $reindex-status, $reindex-cancel)
 from fhir_server.api import ops_export  # noqa: F401  ($export, $export-status, $export-file)
+from fhir_server.tenancy import admin as tenancy_admin  # noqa: F401  ($tenants)
+from fhir_server.api import ops_roles  # noqa: F401  ($roles, $role-grant, $role-revoke, $role-reset)
+from fhir_server.api.authorize import authorize
 from fhir_server.errors import MethodNotAllowed, ResourceNotFound
 
 Handler = Callable[..., Awaitable[Response]]
@@ -96,10 +100,13 @@ async def dispatch(request: Request) -> Response:
     handler = methods.get(method)
     if params and params[0] == "Binary":  # raw content in and out (http.html#binary)
         handler = binary.HANDLERS.get((shape, method), handler)
+    elif params and params[0] == "AuditEvent":  # served from the audit trail, read-only (api/auditevents.py)
+        handler = auditevents.handler(shape, method, params) or handler
     if handler is None:
         raise MethodNotAllowed(
             f"{request.method} is not allowed on {path}", headers={"Allow": ", ".join(sorted(methods))}
         )
+    await authorize(request, shape, params, method)  # role ∩ SMART scopes (api/authorize.py): 403 if not
     return await handler(*params, request)
 
 

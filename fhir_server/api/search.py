@@ -4,7 +4,8 @@ Type-level ``GET [type]?…`` / ``POST [type]/_search`` and system-level ``GET [
 Criteria go to ``build_where``; the result parameters are handled here: ``_sort`` (``search.sort``),
 ``_count`` (capped at ``settings.max_page_size``), ``_page`` (keyset tokens, ``search.paging``),
 ``_total``, ``_include``/``_revinclude`` (``search.include``), ``_summary``, ``_elements``, and
-``_explain=true`` (admin only: an OperationOutcome with the query plans instead of the bundle).
+``_explain=true`` (the ``explain`` permission, admin by default: an OperationOutcome with the query
+plans instead of the bundle). Included resources are only of types the caller may read.
 The bundle's ``self`` link lists only what was applied.
 """
 
@@ -16,12 +17,13 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhir_server.api.authorize import readable_types, require_operation
 from fhir_server.api.bundles import page_links, searchset_bundle
-from fhir_server.api.deps import checked_type, database, tenant_of
+from fhir_server.api.deps import access_of, checked_type, database, tenant_of
 from fhir_server.api.paging import parse_count
 from fhir_server.api.responses import fhir_response
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
-from fhir_server.errors import BadRequest, Forbidden, InvalidSearch, Issue, operation_outcome
+from fhir_server.errors import BadRequest, InvalidSearch, Issue, operation_outcome
 from fhir_server.search.compile import build_where
 from fhir_server.search.custom import tenant_registry
 from fhir_server.search.include import MAX_INCLUDES, load_includes, parse_includes
@@ -74,17 +76,16 @@ def _count(request: Request, pairs: list[tuple[str, str]]) -> int | None:
 
 
 def _explain(request: Request, pairs: list[tuple[str, str]]) -> bool:
-    """``_explain=true`` (this server's own switch, not in the spec): admin role, or dev mode."""
+    """``_explain=true`` (this server's own switch, not in the spec): the ``explain`` permission
+    (granted like an operation; by default the admin role), or dev mode."""
     raw = next((v for k, v in reversed(pairs) if k == "_explain"), None)
     if raw is None or raw == "false":
         return False
     if raw != "true":
         raise BadRequest(f"_explain must be true or false, not '{raw}'", expression="_explain")
-    principal = request.scope.get("state", {}).get("principal")
-    if principal is None and request.app.state.settings.dev_mode:
-        return True
-    if principal is None or principal.role != "admin":
-        raise Forbidden("_explain is reserved to the admin role")
+    perm = request.scope.get("state", {}).get("permission")
+    if perm is not None:  # set by routes.dispatch (api/authorize.py); absent: development mode
+        require_operation(perm, "explain", None, read_only=True)
     return True
 
 
@@ -100,6 +101,7 @@ async def _search(
     if system and types is not None:
         applied.append(("_type", ",".join(types)))
     compile_type = types[0] if types else "Patient"  # Resource-level parameters compile alike for every type
+    access = access_of(request)  # facility / patient-context narrowing: main rows, chains, _has, includes
     criteria: list[tuple[str, str]] = []
     for name, value in pairs:
         if _is_result(name) or (system and name == "_type"):
@@ -121,7 +123,7 @@ async def _search(
         warnings += one.warnings
         if one.sql != "TRUE":
             criteria.append((name, value))
-    where = await codes.run(partial(build_where, compile_type, criteria, registry=registry))
+    where = await codes.run(partial(build_where, compile_type, criteria, registry=registry, access=access))
     applied += criteria
 
     binds = dict(where.binds)
@@ -165,7 +167,7 @@ async def _search(
         count, total_mode = 0, "accurate"
     raw_page = next((v for k, v in reversed(pairs) if k == PAGE_PARAM), None)
     token = decode_page(raw_page, sort.keys) if raw_page else None
-    q = SearchQuery(tenant_of(request), types, where.sql, binds, count, sort.keys, token, total_mode)
+    q = SearchQuery(tenant_of(request), types, where.sql, binds, count, sort.keys, token, total_mode, access)
     if explain:
         async with database(request).connection() as conn:
             plans = await explain_search(conn, q)
@@ -175,7 +177,9 @@ async def _search(
     async with database(request).connection() as conn:
         page = await run_search(conn, q)
         if includes and page.rows:
-            included, capped = await load_includes(conn, q.tenant, page.rows, includes, MAX_INCLUDES)
+            included, capped = await load_includes(
+                conn, q.tenant, page.rows, includes, MAX_INCLUDES, access, readable_types(request)
+            )
             if capped is not None:
                 warnings.append(capped)
     outcome = operation_outcome(warnings) if warnings else None

@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhir_server.api.authorize import authorize_entry
 from fhir_server.api.body import read_json
 from fhir_server.api.bundles import bundle_bytes
 from fhir_server.api.deps import service
@@ -63,7 +64,7 @@ def _sub_scope(request: Request, entry: BundleEntry, conn: Any | None) -> dict[s
     if entry.method == "POST":
         search = entry.path.endswith("/_search")
         headers.append((b"content-type", b"application/x-www-form-urlencoded" if search else b"application/fhir+json"))
-    state = {k: v for k, v in outer.get("state", {}).items() if k in ("principal", "request_id")}
+    state = {k: v for k, v in outer.get("state", {}).items() if k in ("principal", "request_id", "tenant", "tenant_segment")}
     if conn is not None:
         state["db"] = BoundDatabase(conn)
     path = "/fhir/" + entry.path
@@ -148,7 +149,10 @@ async def transaction_or_batch(request: Request) -> Response:
     async def other(conn: Any, entry: BundleEntry) -> EntryResult:
         return await _run_other(request, conn, entry)
 
-    bundles = BundleService(service(request), base=base, other=other)
+    async def authorize(entry: BundleEntry) -> None:  # role ∩ scopes, per entry (api/authorize.py)
+        await authorize_entry(request, entry.method, entry.path, entry.query)
+
+    bundles = BundleService(service(request), base=base, other=other, authorize=authorize)
     btype, results, entries = await bundles.run(bundle)
     _audit(request, entries, results)
     parts = [_entry(base, mode, r) for r in results]

@@ -12,14 +12,11 @@ import contextlib
 import logging
 from typing import Any
 
+from fhir_server.audit.rows import COLUMNS
 from fhir_server.storage.db import Database
 
 log = logging.getLogger("fhir_server.audit")
 
-COLUMNS = (
-    "tenant_id", "recorded", "action", "interaction", "outcome", "status", "agent",
-    "request_id", "method", "path", "resource_type", "resource_id", "version_id",
-)
 _COPY = f"COPY audit_event ({', '.join(COLUMNS)}) FROM STDIN"
 _MAX_BUFFERED = 100_000  # if the database is unreachable, keep at most this many rows waiting
 
@@ -60,10 +57,9 @@ class AuditSink:
         if not rows:
             return
         try:
-            async with self.db.connection() as conn, conn.cursor() as cur:
-                async with cur.copy(_COPY) as copy:
-                    for row in rows:
-                        await copy.write_row(row)
-        except Exception:  # noqa: BLE001 - keep the rows and try again; never break requests
+            async with self.db.connection() as conn, conn.cursor() as cur, cur.copy(_COPY) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+        except Exception:
             log.exception("audit rows could not be written; will retry", extra={"rows": len(rows)})
             self._rows = (rows + self._rows)[-_MAX_BUFFERED:]

@@ -6,10 +6,11 @@ from typing import Any
 
 import orjson
 
+from fhir_server.auth.oauth import PUBLIC_PATHS as OAUTH_PUBLIC_PATHS
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.errors import Issue, Unauthorized, operation_outcome
 
-PUBLIC_PATHS = frozenset({"/fhir/metadata", "/.well-known/smart-configuration"})
+PUBLIC_PATHS = frozenset({"/fhir/metadata"}) | OAUTH_PUBLIC_PATHS
 
 
 class BearerAuth:
@@ -31,24 +32,29 @@ class BearerAuth:
         try:
             if token is None:
                 raise Unauthorized("Authentication required: send Authorization: Bearer <token>")
-            principal = self.verifier.verify(token)
+            principal = await self.verifier.authenticate(token, origin=self.verifier.origin_of(scope))
         except Unauthorized as exc:
             await _deny(scope, send, exc.issues)
             return
-        scope.setdefault("state", {})["principal"] = principal
+        state = scope.setdefault("state", {})
+        if principal.tenant != state.get("tenant", principal.tenant):
+            # a valid token of another tenant: refused before anything runs (403, README "Tenants")
+            state["refused_principal"] = principal  # who it was, for the audit row
+            await _deny(scope, send, [Issue("error", "forbidden", "The token was issued for another tenant")], 403)
+            return
+        state["principal"] = principal
         await self.app(scope, receive, send)
 
 
-async def _deny(scope: dict[str, Any], send: Any, issues: list[Issue]) -> None:
+async def _deny(scope: dict[str, Any], send: Any, issues: list[Issue], status: int = 401) -> None:
     rid = scope.get("state", {}).get("request_id")
     body = orjson.dumps(operation_outcome(issues, rid))
+    headers = [(b"content-type", b"application/fhir+json; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="fhir"'))
     await send({
         "type": "http.response.start",
-        "status": 401,
-        "headers": [
-            (b"content-type", b"application/fhir+json; charset=utf-8"),
-            (b"www-authenticate", b'Bearer realm="fhir"'),
-            (b"content-length", str(len(body)).encode()),
-        ],
+        "status": status,
+        "headers": headers,
     })
     await send({"type": "http.response.body", "body": body})

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from fhir_server.auth.visibility import Access, visible_binds
 from fhir_server.definitions.compartments import compartment
 from fhir_server.jobs.runner import JobContext, JobLost, register_kind
 from fhir_server.search.compile import build_where
@@ -114,6 +115,9 @@ def _candidates_sql(request: dict[str, Any], resource_type: str) -> tuple[str, d
                 binds[new] = value
             ors.append(f"({sql})")
         conds.append("(" + " OR ".join(ors) + ")")
+    visible = visible_binds(Access.from_json(request.get("access")), "r", binds, resource_type=resource_type)  # the requester's facilities / patient
+    if visible:
+        conds.append(visible)
     return f"SELECT r.id FROM resource r WHERE {' AND '.join(conds)} ORDER BY r.id LIMIT %(lim)s", binds
 
 

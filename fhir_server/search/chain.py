@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fhir_server.auth.visibility import visible_sql
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import InvalidSearch
 from fhir_server.search.registry import SearchParam
@@ -62,7 +63,10 @@ def _local(b: _Builder, link: str) -> str:
 
 
 def _live(b: _Builder, row: str) -> str:
-    return f"{row}.tenant_id = %(tenant)s AND NOT {row}.deleted"
+    """The row is of this tenant, not deleted, and one the caller may see (facility, patient context)."""
+    live = f"{row}.tenant_id = %(tenant)s AND NOT {row}.deleted"
+    visible = visible_sql(b.access, row, b.bind)
+    return f"{live} AND {visible}" if visible else live
 
 
 def chain_sql(b: _Builder, raw_name: str, value: str) -> str | None:
@@ -90,14 +94,15 @@ def chain_sql(b: _Builder, raw_name: str, value: str) -> str | None:
     cond = _per_type(b, targets, nxt, rest, value, row)
     if cond is None:
         return None
+    # Uncorrelated (the targets first, then the links to them): PostgreSQL turns it into a semi
+    # join from the few matching targets, where a correlated EXISTS walked every link of every row
+    # (bench/README.md "Search at scale": patient.identifier on 1M Observations, 5.2 s → 0.75 ms).
     return (
-        f"EXISTS (SELECT 1 FROM idx_reference {link} JOIN resource {row}"
-        f" ON {row}.tenant_id = {link}.tenant_id AND {row}.resource_type = {link}.target_type"
-        f" AND {row}.id = {link}.target_id"
-        f" WHERE {link}.tenant_id = %(tenant)s AND {link}.resource_type = {b.alias}.resource_type"
-        f" AND {link}.resource_id = {b.alias}.id AND {link}.param = {b.bind(code)}"
+        f"({b.alias}.resource_type, {b.alias}.id) IN (SELECT {link}.resource_type, {link}.resource_id"
+        f" FROM idx_reference {link} WHERE {link}.tenant_id = %(tenant)s AND {link}.param = {b.bind(code)}"
         f" AND {link}.target_type = ANY({b.bind(targets)}) AND {_local(b, link)}"
-        f" AND {_live(b, row)} AND ({cond}))"
+        f" AND ({link}.target_type, {link}.target_id) IN (SELECT {row}.resource_type, {row}.id FROM resource {row}"
+        f" WHERE {row}.resource_type = ANY({b.bind(targets)}) AND {_live(b, row)} AND ({cond})))"
     )
 
 
@@ -136,12 +141,10 @@ def has_sql(b: _Builder, raw_name: str, value: str) -> str | None:
     cond = b.child(rtype, row).parameter(rest, value)
     if cond is None:
         return None
-    return (
-        f"EXISTS (SELECT 1 FROM idx_reference {link} JOIN resource {row}"
-        f" ON {row}.tenant_id = {link}.tenant_id AND {row}.resource_type = {link}.resource_type"
-        f" AND {row}.id = {link}.resource_id"
-        f" WHERE {link}.tenant_id = %(tenant)s AND {link}.resource_type = {b.bind(rtype)}"
-        f" AND {link}.param = {b.bind(code)} AND {link}.target_type = {b.alias}.resource_type"
-        f" AND {link}.target_id = {b.alias}.id AND {_local(b, link)}"
-        f" AND {_live(b, row)} AND ({cond}))"
+    return (  # uncorrelated, like chain_sql
+        f"({b.alias}.resource_type, {b.alias}.id) IN (SELECT {link}.target_type, {link}.target_id"
+        f" FROM idx_reference {link} WHERE {link}.tenant_id = %(tenant)s AND {link}.resource_type = {b.bind(rtype)}"
+        f" AND {link}.param = {b.bind(code)} AND {link}.target_type IS NOT NULL AND {_local(b, link)}"
+        f" AND {link}.resource_id IN (SELECT {row}.id FROM resource {row}"
+        f" WHERE {row}.resource_type = {b.bind(rtype)} AND {_live(b, row)} AND ({cond})))"
     )

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,7 +42,7 @@ from fhir_server.search.fhirpath_parser import FhirPathSyntaxError
 from fhir_server.search.registry import SearchParam, SearchParamRegistry, get_registry
 from fhir_server.search.rows import NO_NARRATIVE
 
-__all__ = ["CUSTOM_TYPES", "check_search_parameter", "index_rows", "tenant_registry"]
+__all__ = ["CUSTOM_TYPES", "check_search_parameter", "index_rows", "pinned_registry", "tenant_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +224,30 @@ class TenantRegistries:
 REGISTRIES = TenantRegistries()
 
 
+# (tenant, registry) pinned by ``pinned_registry`` for the work of the current task
+_PINNED: ContextVar[tuple[str, SearchParamRegistry] | None] = ContextVar("fhir_pinned_registry", default=None)
+
+
 async def tenant_registry(conn: AsyncConnection, tenant: str) -> SearchParamRegistry:
-    """The core parameters plus ``tenant``'s active SearchParameters, current as of this call."""
+    """The core parameters plus ``tenant``'s active SearchParameters, current as of this call
+    (or as of the start of the enclosing ``pinned_registry`` block)."""
+    pinned = _PINNED.get()
+    if pinned is not None and pinned[0] == tenant:
+        return pinned[1]
     return await REGISTRIES.get(conn, tenant)
+
+
+@contextmanager
+def pinned_registry(tenant: str, registry: SearchParamRegistry) -> Iterator[None]:
+    """Freshness checked once for a unit of work: inside the block ``tenant_registry(…, tenant)``
+    answers ``registry`` without asking the database. For work that reads one snapshot of the
+    registry anyway, e.g. a transaction Bundle that writes no SearchParameter (its writes all start
+    after the registry was read, like a request that began just before a SearchParameter commit)."""
+    token = _PINNED.set((tenant, registry))
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
 
 
 async def index_rows(conn: AsyncConnection, tenant: str, resource: dict[str, Any]) -> IndexRows:

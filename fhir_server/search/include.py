@@ -18,6 +18,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from fhir_server.auth.visibility import Access, visible_binds
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import Issue
 from fhir_server.search.registry import SearchParamRegistry, get_registry
@@ -85,8 +86,12 @@ def parse_includes(
 
 
 async def load_includes(
-    conn: AsyncConnection, tenant: str, matches: list[StoredVersion], specs: list[IncludeSpec], cap: int = MAX_INCLUDES
+    conn: AsyncConnection, tenant: str, matches: list[StoredVersion], specs: list[IncludeSpec], cap: int = MAX_INCLUDES,
+    access: Access | None = None, readable: frozenset[str] | None = None,
 ) -> tuple[list[StoredVersion], Issue | None]:
+    """The resources ``specs`` add to ``matches``: only those the caller (``access``) may see, and
+    only of the types its role and scopes may read (``readable``, None: every type); the others
+    are left out silently, so nothing is read through an include that could not be read directly."""
     seen = {(v.resource_type, v.id) for v in matches}
     included: list[StoredVersion] = []
     current = matches
@@ -101,6 +106,12 @@ async def load_includes(
         for spec in active:
             for sql, binds in _queries(spec, by_type):
                 binds.update(tenant=tenant, lim=cap + 1)
+                visible = visible_binds(access, "r2", binds)
+                if visible:
+                    sql += f" AND {visible}"
+                if readable is not None:
+                    binds["readable"] = sorted(readable)
+                    sql += " AND r2.resource_type = ANY(%(readable)s)"
                 cur = await conn.execute(sql + " ORDER BY r2.resource_type, r2.id LIMIT %(lim)s", binds)
                 for row in await cur.fetchall():
                     key = (row[0], row[1])

@@ -27,7 +27,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -45,6 +45,7 @@ from fhir_server.errors import (
     ResourceNotFound,
     VersionConflict,
 )
+from fhir_server.search.custom import pinned_registry, tenant_registry
 from fhir_server.services.conditional import find_matches
 from fhir_server.services.resources import (
     COND_DELETE,
@@ -68,6 +69,7 @@ _JSON_PATCH = "application/json-patch+json"
 # http.html#trules: the phase each kind of entry runs in
 _PHASE = {"delete": 0, "cond-delete": 0, "create": 1, "update": 2, "cond-update": 2, "patch": 2, "cond-patch": 2}
 _OTHER_PHASE = 3  # GET/HEAD, POST [type]/_search, $operations
+_CREATE_CHUNK = 1000  # POST entries written per multi-row statement
 
 
 @dataclass(slots=True)
@@ -90,7 +92,7 @@ class BundleEntry:
     # filled while processing
     target: str | None = None  # the id the entry writes (or matched)
     matched: StoredVersion | None = None  # a conditional create that found its resource
-    refs: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (node holding "reference", path)
+    refs: list[dict[str, Any]] = field(default_factory=list)  # the objects holding a "reference"
 
     @property
     def label(self) -> str:
@@ -116,6 +118,7 @@ class EntryResult:
 
 
 OtherRunner = Callable[[Any, BundleEntry], Awaitable[EntryResult]]
+Authorizer = Callable[[BundleEntry], Awaitable[None]]  # raises Forbidden for an entry the caller may not run
 
 
 # ---- parsing ------------------------------------------------------------------------------------
@@ -226,18 +229,32 @@ def parse_bundle(bundle: Any, base: str | None) -> tuple[str, list[Any]]:
 
 
 # ---- references ---------------------------------------------------------------------------------
-def _collect_refs(node: Any, path: str, out: list[tuple[dict[str, Any], str]]) -> None:
-    """Every object holding a ``reference`` string, with its FHIRPath-like path (extensions included)."""
+def _collect_refs(node: Any, out: list[dict[str, Any]]) -> None:
+    """Every object holding a ``reference`` string (extensions included), in document order.
+    No paths: building one per element cost more than the rest of the walk (``_path_to`` on error)."""
     if isinstance(node, dict):
         if isinstance(node.get("reference"), str):
-            out.append((node, path))
-        for key, value in node.items():
+            out.append(node)
+        for value in node.values():
             if isinstance(value, (dict, list)):
-                _collect_refs(value, f"{path}.{key}", out)
+                _collect_refs(value, out)
     elif isinstance(node, list):
-        for n, value in enumerate(node):
+        for value in node:
             if isinstance(value, (dict, list)):
-                _collect_refs(value, f"{path}[{n}]", out)
+                _collect_refs(value, out)
+
+
+def _path_to(node: Any, target: dict[str, Any], path: str) -> str | None:
+    """The FHIRPath-like path of ``target`` (by identity) under ``node``."""
+    if node is target:
+        return path
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(value, (dict, list)):
+            found = _path_to(value, target, f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}")
+            if found is not None:
+                return found
+    return None
 
 
 def _rewrite_narrative(resource: dict[str, Any], mapping: dict[str, str]) -> None:
@@ -250,9 +267,9 @@ def _rewrite_narrative(resource: dict[str, Any], mapping: dict[str, str]) -> Non
 
 def rewrite_references(resource: dict[str, Any], mapping: dict[str, str]) -> None:
     """Replace every ``reference`` (and narrative link) found in ``mapping`` (bundle.html#references)."""
-    refs: list[tuple[dict[str, Any], str]] = []
-    _collect_refs(resource, "", refs)
-    for node, _ in refs:
+    refs: list[dict[str, Any]] = []
+    _collect_refs(resource, refs)
+    for node in refs:
         target = mapping.get(node["reference"])
         if target is not None:
             node["reference"] = target
@@ -307,12 +324,21 @@ class BundleService:
 
     def __init__(
         self, service: ResourceService, *, base: str | None = None, other: OtherRunner | None = None,
-        keep_local_ids: bool = False,
+        keep_local_ids: bool = False, authorize: Authorizer | None = None,
     ) -> None:
         self.service = service
         self.base = base
         self.other = other
         self.keep_local_ids = keep_local_ids
+        self.authorize = authorize
+
+    async def _authorize(self, entries: list[BundleEntry]) -> None:
+        """Every entry's method and URL against the caller's permissions, before anything runs
+        (403 naming ``Bundle.entry[i]``: the whole transaction fails, a batch entry fails alone)."""
+        if self.authorize is not None:
+            for entry in entries:
+                with _entry_errors(entry):
+                    await self.authorize(entry)
 
     async def run(self, bundle: Any) -> tuple[str, list[EntryResult], list[BundleEntry | None]]:
         btype, raw = parse_bundle(bundle, self.base)
@@ -325,6 +351,7 @@ class BundleService:
     # -- transaction --
     async def transaction(self, entries: list[BundleEntry]) -> list[EntryResult]:
         """All or nothing (http.html#transaction): one database transaction, spec order."""
+        await self._authorize(entries)
         _check_resources(entries)
         try:
             async with self.service.db.transaction() as conn:
@@ -344,6 +371,7 @@ class BundleService:
                 entry: BundleEntry | None = None
                 try:
                     entry = parse_entry(i, item, self.base)
+                    await self._authorize([entry])
                     _check_resources([entry])
                     if entry.writes:
                         try:
@@ -369,6 +397,18 @@ class BundleService:
 
     # -- the shared core --
     async def _process(self, conn: Any, entries: list[BundleEntry], mapping: dict[str, str]) -> list[EntryResult]:
+        """The entries on ``conn`` (in a transaction). The tenant's SearchParameter registry is read
+        once for them all, unless they write a SearchParameter: then every write reads it again, so
+        the entries after a new SearchParameter are indexed with it, as when sent one by one."""
+        if any(e.writes and e.resource_type == "SearchParameter" for e in entries):
+            return await self._process_entries(conn, entries, mapping, batch_creates=False)
+        tenant = self.service.tenant
+        with pinned_registry(tenant, await tenant_registry(conn, tenant)):
+            return await self._process_entries(conn, entries, mapping, batch_creates=True)
+
+    async def _process_entries(
+        self, conn: Any, entries: list[BundleEntry], mapping: dict[str, str], *, batch_creates: bool
+    ) -> list[EntryResult]:
         results: dict[int, EntryResult] = {}
         await self._lock_conditionals(conn, entries)
         ordered = sorted(entries, key=lambda e: (_PHASE.get(e.kind, _OTHER_PHASE), e.index))
@@ -389,8 +429,12 @@ class BundleService:
                 if entry.full_url and entry.full_url.startswith(("urn:uuid:", "urn:oid:")):
                     mapping[entry.full_url] = f"{entry.resource_type}/{entry.target}"
         await self._resolve_references(conn, entries, mapping)
-        for entry in ordered:  # 2. POST, 3. PUT/PATCH
-            if entry.kind in ("create", "update", "cond-update", "patch", "cond-patch"):
+        if batch_creates:  # 2. POST of new resources: a few multi-row statements
+            new = [e for e in ordered if e.kind == "create" and e.matched is None and not self._keeps_id(e)]
+            if len(new) > 1:
+                await self._create_many(conn, new, results)
+        for entry in ordered:  # 2. POST (the rest), 3. PUT/PATCH
+            if entry.kind in ("create", "update", "cond-update", "patch", "cond-patch") and entry.index not in results:
                 with _entry_errors(entry):
                     results[entry.index] = await self._write(conn, entry)
         for entry in ordered:  # 4. GET (and other reads, operations)
@@ -399,11 +443,41 @@ class BundleService:
                     results[entry.index] = await self._run_other(conn, entry)
         return [results[e.index] for e in entries]
 
-    def _on(self, conn: Any, entry: BundleEntry) -> ResourceService:
+    def _actor(self, entry: BundleEntry) -> Actor:
+        """Who the entry's audit row names: the request's agent, the entry's method and path."""
         actor = self.service.actor
-        path = f"/fhir/{entry.path}" if actor.method != "SYSTEM" else actor.path
-        method = entry.method if actor.method != "SYSTEM" else actor.method
-        return self.service.on(conn, Actor(actor.agent, actor.request_id, method, path))
+        if actor.method == "SYSTEM":
+            return actor
+        return replace(actor, method=entry.method, path=f"/fhir/{entry.path}")  # who, role, purpose… kept
+
+    def _on(self, conn: Any, entry: BundleEntry) -> ResourceService:
+        return self.service.on(conn, self._actor(entry))
+
+    def _keeps_id(self, entry: BundleEntry) -> bool:
+        """An ``import`` entry that keeps its urn:uuid id: an upsert, not a create."""
+        return self.keep_local_ids and entry.target == _local_id(entry.full_url)
+
+    async def _create_many(self, conn: Any, entries: list[BundleEntry], results: dict[int, EntryResult]) -> None:
+        """POST entries whose ids the server chose: stamped and indexed one by one, written together
+        (resource, history, audit and index rows of up to ``_CREATE_CHUNK`` entries per statement)."""
+        svc = self.service
+        for start in range(0, len(entries), _CREATE_CHUNK):
+            chunk = entries[start : start + _CREATE_CHUNK]
+            versions: list[StoredVersion] = []
+            rows: list[Any] = []
+            for entry in chunk:
+                assert entry.resource_type is not None and entry.target is not None
+                with _entry_errors(entry):
+                    version, index = await svc.new_version_in(conn, entry.resource_type, entry.target, entry.resource)
+                versions.append(version)
+                rows.append(index)
+            actors: dict[tuple[str, str], Actor] = {}  # one per method and path (most entries share one)
+            for e in chunk:
+                if (e.method, e.path) not in actors:
+                    actors[(e.method, e.path)] = self._actor(e)
+            await svc.insert_many_in(conn, versions, rows, [actors[(e.method, e.path)] for e in chunk])
+            for entry, version in zip(chunk, versions, strict=True):
+                results[entry.index] = EntryResult(201, version, location=True, message="Created", audited=True)
 
     async def _lock_conditionals(self, conn: Any, entries: list[BundleEntry]) -> None:
         """The advisory locks of every conditional write, in key order (no deadlock between bundles).
@@ -417,12 +491,15 @@ class BundleService:
                 keys.add(self.service.lock_key(COND_UPDATE, e.resource_type or "", e.query))
             elif e.kind == "cond-delete":
                 keys.add(self.service.lock_key(COND_DELETE, e.resource_type or "", e.query))
-        for key in sorted(keys):
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        if keys:  # one round trip for all, taken in the order of the (sorted) array
+            await conn.execute(
+                "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k",
+                (sorted(keys),),
+            )
 
     async def _matches(self, conn: Any, entry: BundleEntry, query: str) -> list[StoredVersion]:
         assert entry.resource_type is not None
-        return await find_matches(conn, self.service.tenant, entry.resource_type, query, limit=2)
+        return await find_matches(conn, self.service.tenant, entry.resource_type, query, limit=2, access=self.service.access)
 
     async def _delete(self, conn: Any, entry: BundleEntry) -> EntryResult:
         assert entry.resource_type is not None
@@ -489,8 +566,8 @@ class BundleService:
         for entry in entries:
             if entry.kind not in ("create", "update", "cond-update") or entry.matched and entry.kind == "create":
                 continue
-            _collect_refs(entry.resource, f"Bundle.entry[{entry.index}].resource", entry.refs)
-            for node, path in entry.refs:
+            _collect_refs(entry.resource, entry.refs)
+            for node in entry.refs:
                 ref = node["reference"]
                 if ref in mapping or ref in resolved:
                     continue
@@ -498,12 +575,12 @@ class BundleService:
                 if cond is None or cond[1] not in RESOURCE_TYPES:
                     continue
                 with _entry_errors(entry):
-                    matches = await find_matches(conn, self.service.tenant, cond[1], cond[2], limit=2)
+                    matches = await find_matches(conn, self.service.tenant, cond[1], cond[2], limit=2, access=self.service.access)
                 if len(matches) != 1:
                     how = "no" if not matches else "more than one"
                     raise PreconditionFailed(
                         f"Bundle.entry[{entry.index}]: the conditional reference '{ref}' matches {how} {cond[1]}",
-                        expression=path,
+                        expression=_path_to(entry.resource, node, f"Bundle.entry[{entry.index}].resource"),
                     )
                 resolved[ref] = f"{cond[1]}/{matches[0].id}"
         if not (mapping or resolved):
@@ -511,7 +588,7 @@ class BundleService:
         both = {**mapping, **resolved}
         for entry in entries:
             if entry.refs:
-                for node, _ in entry.refs:
+                for node in entry.refs:
                     target = both.get(node["reference"])
                     if target is not None:
                         node["reference"] = target
@@ -525,7 +602,7 @@ class BundleService:
         if entry.kind == "create":
             if entry.matched is not None:
                 return EntryResult(200, entry.matched, message="Matched an existing resource; nothing created")
-            if self.keep_local_ids and target == _local_id(entry.full_url):
+            if self._keeps_id(entry):
                 entry.resource["id"] = target
                 result = await svc.update_in(conn, rtype, target, entry.resource, None)
             else:
@@ -535,7 +612,8 @@ class BundleService:
                 result = await svc.create_in(conn, rtype, entry.resource, resource_id=target)
             else:
                 entry.resource["id"] = target
-                result = await svc.update_in(conn, rtype, target, entry.resource, entry.if_match)
+                # a conditional match was read under its lock in this transaction: no second read
+                result = await svc.update_in(conn, rtype, target, entry.resource, entry.if_match, current=entry.matched)
         else:
             result = await svc.patch_in(conn, rtype, target, entry.patch, entry.if_match)
         status = 201 if result.created else 200

@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl
 
 from psycopg import AsyncConnection
 
+from fhir_server.auth.visibility import Access, visible_binds
 from fhir_server.errors import BadRequest, PreconditionFailed
 from fhir_server.search.compile import build_where
 from fhir_server.search.custom import tenant_registry
@@ -24,14 +25,16 @@ def parse_criteria(query: str) -> list[tuple[str, str]]:
 
 
 async def find_matches(
-    conn: AsyncConnection, tenant: str, resource_type: str, query: str, *, limit: int
+    conn: AsyncConnection, tenant: str, resource_type: str, query: str, *, limit: int, access: Access | None = None
 ) -> list[StoredVersion]:
+    """Up to ``limit`` live resources matching ``query``, among those the caller (``access``) may see:
+    a resource hidden from it matches no criteria (a conditional create then creates)."""
     params = parse_criteria(query)
     if not params:
         raise PreconditionFailed("Conditional criteria must name at least one search parameter")
     registry = await tenant_registry(conn, tenant)
     codes = stored(partial(load_conformance, conn, tenant))  # token :in etc. may name a stored ValueSet
-    where = await codes.run(partial(build_where, resource_type, params, registry=registry))
+    where = await codes.run(partial(build_where, resource_type, params, registry=registry, access=access))
     if where.warnings:
         # an ignored criterion would widen the match and touch the wrong resource
         raise BadRequest(
@@ -39,10 +42,11 @@ async def find_matches(
             + "; ".join(w.diagnostics for w in where.warnings),
         )
     binds = dict(where.binds, tenant=tenant, rtype=resource_type, limit=limit)
+    visible = visible_binds(access, "r", binds, resource_type=resource_type)
     cur = await conn.execute(
         "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content::text "
         "FROM resource r WHERE r.tenant_id = %(tenant)s AND r.resource_type = %(rtype)s AND NOT r.deleted "
-        f"AND ({where.sql}) ORDER BY r.id LIMIT %(limit)s",
+        f"AND ({where.sql}){' AND ' + visible if visible else ''} ORDER BY r.id LIMIT %(limit)s",
         binds,
     )
     return [StoredVersion(*row) for row in await cur.fetchall()]

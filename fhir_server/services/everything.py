@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from fhir_server.auth.visibility import Access
 from fhir_server.definitions.compartments import compartment
 from fhir_server.errors import ResourceGone, ResourceNotFound
 from fhir_server.search.paging import PageToken
@@ -44,7 +45,10 @@ class EverythingRequest:
     page: PageToken | None
 
 
-async def everything(db: Database | BoundDatabase, tenant: str, req: EverythingRequest) -> EverythingPage:
+async def everything(
+    db: Database | BoundDatabase, tenant: str, req: EverythingRequest, access: Access | None = None
+) -> EverythingPage:
+    """The page; the focus and every resource in it among those the caller (``access``) may see."""
     members = compartment(req.focus_type)
     patient = compartment("Patient")
     m_types, m_params = members.links()
@@ -52,7 +56,7 @@ async def everything(db: Database | BoundDatabase, tenant: str, req: EverythingR
     async with db.connection() as conn:
         patients: list[str] | None = None
         if req.focus_id is not None:
-            current = await repo.fetch_current(conn, tenant, req.focus_type, req.focus_id)
+            current = await repo.fetch_current(conn, tenant, req.focus_type, req.focus_id, access=access)
             if current is None:
                 raise ResourceNotFound(f"{req.focus_type}/{req.focus_id} is not known")
             if current.deleted:
@@ -75,5 +79,6 @@ async def everything(db: Database | BoundDatabase, tenant: str, req: EverythingR
             since=req.since,
             count=req.count,
             page=req.page,
+            access=access,
         )
         return await everything_page(conn, q)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from fhir_server.audit.actor import Actor
+from fhir_server.auth.visibility import Access, prepare_write
 from fhir_server.errors import BadRequest, InvalidResource, ResourceGone, ResourceNotFound, VersionConflict
 from fhir_server.services.resources import BoundDatabase
 from fhir_server.storage import repository as repo
@@ -77,10 +78,13 @@ def meta_of(content: str | None) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, dict) else {}
 
 
-async def meta_summary(db: Database | BoundDatabase, tenant: str, resource_type: str | None) -> dict[str, Any]:
-    """The union of the tags, security labels and profiles in use (system or type level)."""
+async def meta_summary(
+    db: Database | BoundDatabase, tenant: str, resource_type: str | None, access: Access | None = None
+) -> dict[str, Any]:
+    """The union of the tags, security labels and profiles in use (system or type level) on the
+    resources the caller (``access``) may see."""
     async with db.connection() as conn:
-        codings, profiles = await meta_in_use(conn, tenant, resource_type)
+        codings, profiles = await meta_in_use(conn, tenant, resource_type, access)
     meta: dict[str, Any] = {}
     if profiles:
         meta["profile"] = profiles
@@ -96,7 +100,8 @@ async def meta_summary(db: Database | BoundDatabase, tenant: str, resource_type:
 
 
 async def change_meta(
-    db: Database | BoundDatabase, tenant: str, actor: Actor, resource_type: str, resource_id: str, change: dict[str, Any], *, add: bool
+    db: Database | BoundDatabase, tenant: str, actor: Actor, resource_type: str, resource_id: str, change: dict[str, Any], *, add: bool,
+    access: Access | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Apply ``$meta-add`` (``add``) or ``$meta-delete`` to the current version: the resulting Meta,
     and whether anything was written (nothing is when the Meta does not change)."""
@@ -104,17 +109,18 @@ async def change_meta(
     from fhir_server.services.validate import validation_issues
 
     async with db.transaction() as conn:
-        current = await repo.fetch_current(conn, tenant, resource_type, resource_id, for_update=True)
+        current = await repo.fetch_current(conn, tenant, resource_type, resource_id, for_update=True, access=access)
         if current is None:
             raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
         if current.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} was deleted", headers={"ETag": f'W/"{current.version_id}"'})
         resource = orjson.loads(current.content or "{}")
         before = dict(resource.get("meta") or {})
-        after = merged(before, change, add=add)
+        resource["meta"] = merged(before, change, add=add)
+        prepare_write(access, resource, current.content)  # a bound caller keeps to its facilities
+        after = resource["meta"]
         if after == before:
             return after, False  # nothing to change: no write, no audit row for an update
-        resource["meta"] = after
         issues = [i for i in validation_issues(resource) if i.severity in ("error", "fatal")]
         if issues:
             raise InvalidResource(f"{resource_type} with the new meta fails validation against FHIR R4", issues=issues)

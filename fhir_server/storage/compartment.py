@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from fhir_server.auth.visibility import Access, visible_binds
 from fhir_server.search.paging import PageToken, SortKey, after_condition, order_by
 from fhir_server.storage.repository import StoredVersion
 
@@ -43,6 +44,7 @@ class EverythingQuery:
     since: datetime | None = None  # _since
     count: int = 50
     page: PageToken | None = None
+    access: Access | None = None  # only what the caller may see (facility, patient context)
 
 
 @dataclass(slots=True)
@@ -100,6 +102,9 @@ def _filters(q: EverythingQuery, binds: dict[str, Any]) -> str:
     if q.since is not None:
         binds["since"] = q.since
         sql += " AND r.last_updated >= %(since)s"
+    visible = visible_binds(q.access, "r", binds)
+    if visible:
+        sql += f" AND {visible}"
     return sql
 
 

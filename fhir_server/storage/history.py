@@ -7,6 +7,7 @@ from datetime import datetime
 
 from psycopg import AsyncConnection
 
+from fhir_server.auth.visibility import Access, visible_binds
 from fhir_server.storage.repository import StoredVersion
 
 # Sort key of a history row; the page cursor is the key of the last row returned.
@@ -22,6 +23,7 @@ class HistoryQuery:
     at: tuple[datetime, datetime] | None = None  # [low, high) the versions must have been current in
     after: Cursor | None = None
     count: int = 50
+    access: Access | None = None  # versions of resources the caller may see (decided on the current one)
 
 
 async def fetch_history(conn: AsyncConnection, q: HistoryQuery) -> tuple[list[StoredVersion], Cursor | None]:
@@ -44,6 +46,9 @@ async def fetch_history(conn: AsyncConnection, q: HistoryQuery) -> tuple[list[St
             "AND n.version_id = h.version_id + 1 AND n.last_updated <= %(at_low)s)"
         )
         binds["at_low"], binds["at_high"] = q.at
+    visible = visible_binds(q.access, "h", binds, resource_type=q.resource_type)
+    if visible:
+        where.append(visible)
     if q.after:
         where.append("(h.last_updated, h.resource_type, h.id, h.version_id) < (%(c_t)s, %(c_rt)s, %(c_id)s, %(c_v)s)")
         binds.update(c_t=q.after[0], c_rt=q.after[1], c_id=q.after[2], c_v=q.after[3])

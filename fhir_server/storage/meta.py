@@ -15,6 +15,8 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from fhir_server.audit.actor import Actor
+from fhir_server.audit.patient import patient_from_rows
+from fhir_server.auth.visibility import Access, visible_binds
 from fhir_server.storage.repository import INDEX_TABLES
 
 # index table kind -> the parameters whose rows come (also) from meta
@@ -23,23 +25,30 @@ _KEY = "tenant_id = %(t)s AND resource_type = %(rt)s"
 
 
 async def meta_in_use(
-    conn: AsyncConnection, tenant: str, resource_type: str | None
+    conn: AsyncConnection, tenant: str, resource_type: str | None, access: Access | None = None
 ) -> tuple[list[tuple[str, str | None, str | None]], list[str]]:
     """Distinct ``(param, system, code)`` of ``_tag``/``_security`` and the ``_profile`` URLs of the
-    tenant's live resources (deleted ones keep no index rows), of one type or of all."""
+    tenant's live resources (deleted ones keep no index rows), of one type or of all; of the
+    resources the caller (``access``) may see."""
     binds: dict[str, Any] = {"t": tenant}
     where = "tenant_id = %(t)s"
     if resource_type is not None:
         binds["rt"] = resource_type
         where += " AND resource_type = %(rt)s"
+    visible = visible_binds(access, "r", binds)
+    if visible:
+        where += (
+            " AND EXISTS (SELECT 1 FROM resource r WHERE r.tenant_id = %(t)s AND r.resource_type = x.resource_type"
+            f" AND r.id = x.resource_id AND {visible})"
+        )
     cur = await conn.execute(
-        f"SELECT DISTINCT param, system, code FROM idx_token WHERE {where} AND param IN ('_tag', '_security') "
+        f"SELECT DISTINCT param, system, code FROM idx_token x WHERE {where} AND param IN ('_tag', '_security') "
         "ORDER BY param, system, code",
         binds,
     )
     codings = [(str(r[0]), r[1], r[2]) for r in await cur.fetchall()]
     cur = await conn.execute(
-        f"SELECT DISTINCT value FROM idx_uri WHERE {where} AND param = '_profile' ORDER BY value", binds
+        f"SELECT DISTINCT value FROM idx_uri x WHERE {where} AND param = '_profile' ORDER BY value", binds
     )
     profiles = [str(r[0]) for r in await cur.fetchall()]
     return codings, profiles
@@ -88,9 +97,11 @@ async def rewrite_meta(
             )
     await conn.execute(
         "INSERT INTO audit_event (tenant_id, recorded, action, interaction, outcome, status, agent, request_id, "
-        "method, path, resource_type, resource_id, version_id) "
+        "method, path, resource_type, resource_id, version_id, fhir_user, client_id, role, network, purpose, patient) "
         "VALUES (%(t)s, clock_timestamp(), 'U', 'update', '0', 200, %(agent)s, %(req)s, %(method)s, %(path)s, "
-        "%(rt)s, %(id)s, %(v)s)",
-        {**key, "agent": actor.agent, "req": actor.request_id, "method": actor.method, "path": actor.path},
+        "%(rt)s, %(id)s, %(v)s, %(fhir_user)s, %(client)s, %(role)s, %(network)s, %(purpose)s::text[], %(patient)s)",
+        {**key, "agent": actor.agent, "req": actor.request_id, "method": actor.method, "path": actor.path,
+         "fhir_user": actor.fhir_user, "client": actor.client_id, "role": actor.role, "network": actor.network,
+         "purpose": list(actor.purpose) or None, "patient": patient_from_rows(resource_type, resource_id, rows)},
     )
     return True

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from psycopg import AsyncConnection
 
+from fhir_server.auth.visibility import Access, visible_binds
 from fhir_server.search.normalize import url_key
 from fhir_server.search.paging import PageToken, SortKey, after_condition, order_by
 from fhir_server.search.sort import DEFAULT_ORDER
@@ -30,6 +31,7 @@ class SearchQuery:
     order: list[SortKey] = field(default_factory=lambda: list(DEFAULT_ORDER))
     page: PageToken | None = None
     total: str = "accurate"  # none | estimate | accurate
+    access: Access | None = None  # the caller's facility / patient-context narrowing (None: none)
 
 
 @dataclass(slots=True)
@@ -51,6 +53,10 @@ def _base(q: SearchQuery, binds: dict[str, Any]) -> str:
             base += " AND r.resource_type = ANY(%(rtypes)s)"
     if q.where_sql:
         base += f" AND ({q.where_sql})"
+    one_type = q.resource_types[0] if q.resource_types is not None and len(q.resource_types) == 1 else None
+    visible = visible_binds(q.access, "r", binds, resource_type=one_type)
+    if visible:
+        base += f" AND {visible}"
     return base
 
 

@@ -152,7 +152,7 @@ def test_bad_search_parameter_is_refused_naming_the_element(
 def test_reindex_requires_admin_and_status_of_unknown_job_is_404(
     client: httpx.Client, server: ServerProcess, database_url: str
 ) -> None:
-    user = issue_token(database_url, tenant="default", role="user")
+    user = issue_token(database_url, tenant="default", role="doctor")
     r = httpx.post(f"{server.base}/$reindex", headers={"Authorization": f"Bearer {user}"})
     assert_outcome(r, 403, "forbidden")
     r = httpx.get(f"{server.base}/$reindex-status?job={uuid.uuid4()}", headers={"Authorization": f"Bearer {user}"})

@@ -28,7 +28,7 @@ def test_admin_gets_explain_analyze_of_the_search(client: httpx.Client) -> None:
 
 def test_explain_is_forbidden_to_other_roles(database_url: str, server: ServerProcess) -> None:
     """search.html#return (server switch): a non-admin principal gets 403 and no plan."""
-    token = issue_token(database_url, tenant="default", role="user")
+    token = issue_token(database_url, tenant="default", role="doctor")
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     r = httpx.get(f"{server.base}/Patient", params={"_explain": "true"}, headers=headers)
     assert r.status_code == 403, r.text

@@ -1,0 +1,1 @@
+"""Message handlers: each turns a parsed message into the entries of ONE transaction Bundle."""

@@ -1,0 +1,159 @@
+"""What every message handler shares: the context it runs in (message, sender, mapper, the open
+database transaction) and the building blocks of a transaction Bundle (entries with deterministic
+``urn:uuid`` fullUrls, conditional create/update on business identifiers, Patient matching).
+
+A handler returns a ``Work``: the Bundle entries to run and, per entry, the v2 segment it came
+from (so a failing entry is named in ERR-2). It never writes: the processor runs the Bundle through
+``fhir_server.services.bundles`` inside the message's one database transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from fhir_server.services.conditional import find_matches
+from fhir_server.services.resources import COND_UPDATE, IF_NONE_EXIST, ResourceService
+from fhir_server.storage.repository import StoredVersion
+from hl7_bridge.decode import Message, Segment
+from hl7_bridge.mapper import Mapper
+from hl7_bridge.senders import Sender
+from mappings.functions import MappingError
+
+__all__ = ["HandlerContext", "Refused", "Work", "criteria", "identifier_query"]
+
+_SAFE = ":/.-_~\\"
+_NS = uuid.UUID("5b3c1d7e-8f0a-4c2b-9d6e-1a2b3c4d5e6f")
+
+
+class Refused(MappingError):
+    """The application refuses the message on purpose (unknown patient under the refuse policy…): AE."""
+
+
+def identifier_query(ident: dict[str, Any]) -> str:
+    """``identifier=system|value`` (search token syntax, the value's own ``|``, ``,``, ``$`` escaped)."""
+    value = str(ident.get("value", "")).replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+    system = str(ident.get("system", "")).replace("|", "\\|").replace(",", "\\,")
+    return "identifier=" + quote(system, safe=_SAFE) + "|" + quote(value, safe=_SAFE)
+
+
+def criteria(ident: dict[str, Any]) -> str:
+    return identifier_query(ident)
+
+
+@dataclass(slots=True)
+class Work:
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    origins: list[tuple[str, int]] = field(default_factory=list)  # (segment, position) per entry
+    notes: list[str] = field(default_factory=list)
+
+    def has(self, full_url: str) -> bool:
+        return any(e["fullUrl"] == full_url for e in self.entries)
+
+    def add(self, entry: dict[str, Any], seg: Segment | None) -> None:
+        self.entries.append(entry)
+        self.origins.append((seg.name, seg.index) if seg is not None else ("MSH", 1))
+
+
+@dataclass(slots=True)
+class HandlerContext:
+    msg: Message
+    sender: Sender
+    mapper: Mapper
+    conn: Any  # the open transaction
+    service: ResourceService  # bound to conn, acting as the sender's agent
+    route: dict[str, Any]
+    message_id: int
+
+    @property
+    def tenant(self) -> str:
+        return self.sender.tenant
+
+    def full_url(self, *key: str) -> str:
+        """A deterministic fullUrl (the same message always gives the same ones)."""
+        return f"urn:uuid:{uuid.uuid5(_NS, '|'.join((str(self.message_id), *key)))}"
+
+    async def lock(self, kind: str, resource_type: str, query: str) -> None:
+        """The advisory lock the Bundle service (and REST) takes for this conditional interaction;
+        taken early so a read-then-decide (out-of-order results, merges) cannot race."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.service.lock_key(kind, resource_type, query),))
+
+    async def find_one(self, resource_type: str, query: str, *, kind: str = COND_UPDATE) -> StoredVersion | None:
+        await self.lock(kind, resource_type, query)
+        matches = await find_matches(self.conn, self.tenant, resource_type, query, limit=2)
+        if len(matches) > 1:
+            raise MappingError(f"{resource_type}?{query} matches more than one resource", code="205")
+        return matches[0] if matches else None
+
+    # -- entries --
+    @staticmethod
+    def put(resource: dict[str, Any], full_url: str, found: StoredVersion | None, query: str) -> dict[str, Any]:
+        """Update the resource found (by id) or create it with a conditional update on ``query``."""
+        rtype = resource["resourceType"]
+        if found is not None:
+            resource["id"] = found.id
+            return {"fullUrl": full_url, "resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{found.id}"}}
+        resource.pop("id", None)
+        return {"fullUrl": full_url, "resource": resource, "request": {"method": "PUT", "url": f"{rtype}?{query}"}}
+
+    @staticmethod
+    def create_if_none(resource: dict[str, Any], full_url: str, query: str) -> dict[str, Any]:
+        return {"fullUrl": full_url, "resource": resource,
+                "request": {"method": "POST", "url": resource["resourceType"], "ifNoneExist": query}}
+
+    @staticmethod
+    def content(found: StoredVersion) -> dict[str, Any]:
+        data: dict[str, Any] = orjson.loads(found.content)
+        return data
+
+    # -- Patient (PID) --
+    def patient_from_pid(self, pid: Segment) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the mapped Patient, the identifier it is matched by: PID-3's MR-typed repetition, else the first)."""
+        patient = {"resourceType": "Patient", **self.mapper.segment(pid, "PID_Patient")}
+        idents = patient.get("identifier") or []
+        if not idents or not idents[0].get("value"):
+            raise MappingError("PID-3 (patient identifier list) is required to match the patient", "PID-3", "101")
+        key = next((i for i in idents if _type_code(i) == "MR" and i.get("value")), idents[0])
+        return patient, {"system": key.get("system"), "value": key["value"]}
+
+    async def patient_entry(self, work: Work, pid: Segment, *, update: bool) -> str:
+        """The Patient of the message, as a reference target (its fullUrl). ``update``: the message's
+        demographics update the stored Patient (ADT); otherwise a known Patient is only referred to
+        (lab results do not rewrite the registration). Unknown patients follow the sender's policy."""
+        patient, key = self.patient_from_pid(pid)
+        query = identifier_query(key)
+        found = await self.find_one("Patient", query, kind=IF_NONE_EXIST)
+        url = self.full_url("Patient", query)
+        if found is None and self.sender.unknown_patient == "refuse":
+            raise Refused(f"unknown patient {key.get('value')} ({key.get('system')}); this sender may not create patients",
+                          "PID-3", "204")
+        if found is None:
+            work.add(self.create_if_none(patient, url, query), pid)
+        elif update:
+            work.add(self.put(merge_resource(self.content(found), patient), url, found, query), pid)
+        else:
+            return f"Patient/{found.id}"
+        return url
+
+
+def _type_code(ident: dict[str, Any]) -> str | None:
+    codings = (ident.get("type") or {}).get("coding") or []
+    return codings[0].get("code") if codings else None
+
+
+def merge_resource(existing: dict[str, Any], mapped: dict[str, Any]) -> dict[str, Any]:
+    """The stored resource with the message's elements laid over it: elements the message maps
+    replace the stored ones; elements it does not carry (links, other senders' data) stay.
+    Identifiers are united (the stored ones not sent again are kept)."""
+    out = {k: v for k, v in existing.items() if k not in ("meta", "text")}
+    for key, value in mapped.items():
+        if key == "identifier":
+            sent = {(i.get("system"), i.get("value")) for i in value}
+            out["identifier"] = value + [i for i in existing.get("identifier", []) if (i.get("system"), i.get("value")) not in sent]
+        else:
+            out[key] = value
+    return out
