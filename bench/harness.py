@@ -174,8 +174,14 @@ class Proc:
         self.stop()
 
 
+# Benchmarks measure throughput, not throttling: the limiter still runs (its per-request upsert is
+# part of the cost measured) but with limits no load generator reaches.
+UNREACHABLE_LIMITS = ";".join(f"{c}=100000000/minute" for c in ("read", "search", "write", "bulk", "auth"))
+
+
 def server_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_") and k != "DATABASE_URL"}
+    env["FHIR_RATE_LIMITS"] = UNREACHABLE_LIMITS
     env.update(extra)
     return env
 
