@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ from psycopg import errors as pg_errors
 
 from fhir_server.audit.actor import Actor
 from fhir_server.errors import FhirError, VersionConflict
+from fhir_server.search.custom import pinned_registry, tenant_registry
 from fhir_server.services.bundles import BundleService
 from fhir_server.services.resources import BoundDatabase, ResourceService
 from fhir_server.settings import Settings
@@ -159,15 +162,13 @@ class Bridge:
                     status, stored_ack, _ = await inbox.lock_for_processing(conn, message_id)
                     if status != "received" and not replay and stored_ack:
                         return Ack(_ack_code(stored_ack), stored_ack)  # a concurrent duplicate finished first
-                    service = ResourceService(BoundDatabase(conn), sender.tenant, actor)
-                    ctx = HandlerContext(msg, sender, mapper, conn, service, route, message_id)
-                    work = await handler(ctx)
-                    written: list[str] = []
-                    if work.entries:
-                        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": work.entries}
-                        _, results, _ = await BundleService(service).run(bundle)
-                        written = [f"{r.version.resource_type}/{r.version.id}/_history/{r.version.version_id}"
-                                   for r in results if r.version is not None]
+                    # the tenant's SearchParameter registry: checked once for the message (the handler's
+                    # matches and every Bundle entry), not once per lookup
+                    with pinned_registry(sender.tenant, await tenant_registry(conn, sender.tenant)):
+                        service = ResourceService(_Transaction(conn), sender.tenant, actor)
+                        ctx = HandlerContext(msg, sender, mapper, conn, service, route, message_id)
+                        work = await handler(ctx)
+                        written = await self._run_bundle(service, work)
                     note = "; ".join(work.notes) or None
                     ack = build_ack("AA", msg, text=note or "")
                     await inbox.mark_processed(conn, message_id, "AA", ack.text, written, note)
@@ -187,6 +188,16 @@ class Bridge:
                 log.exception("hl7 message failed", extra={"hl7_message": message_id})
                 return await self._fail(message_id, msg, "AE", ErrorDetail("internal error; the message is kept for replay", "207"))
         raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _run_bundle(service: ResourceService, work: Work) -> list[str]:
+        """The handler's entries as one transaction Bundle on the message's transaction: Type/id/_history/n written."""
+        if not work.entries:
+            return []
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": work.entries}
+        _, results, _ = await BundleService(service).run(bundle)
+        return [f"{r.version.resource_type}/{r.version.id}/_history/{r.version.version_id}"
+                for r in results if r.version is not None]
 
     @staticmethod
     def _detail(msg: Message, reason: str, code: str, location: str, position: int | None) -> ErrorDetail:
@@ -239,6 +250,16 @@ class Bridge:
                 await conn.execute("UPDATE hl7_message SET tenant_id = %s WHERE id = %s", (sender.tenant, message_id))
         ack = await self.process(message_id, msg, sender, peer=peer, replay=True)
         return ack.code, ack.text
+
+
+class _Transaction(BoundDatabase):
+    """The message's open transaction, for the Bundle service: its ``transaction()`` is that same
+    transaction, not a savepoint inside it (two round trips per message saved). Nothing is lost: any
+    failure of the Bundle rolls the whole message transaction back (bridge.py never continues after one)."""
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        yield self.conn
 
 
 def _ack_code(ack: str) -> str:

@@ -30,7 +30,7 @@ async def store(
             "INSERT INTO hl7_message (tenant_id, sending_app, sending_facility, control_id, message_type, version, raw, peer) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (sending_app, sending_facility, control_id) WHERE control_id IS NOT NULL DO NOTHING RETURNING id",
-            (tenant, app, facility, control_id, message_type, version, raw, peer),
+            (tenant, app, facility, control_id, message_type, version, raw, peer), prepare=True,
         )
         row = await cur.fetchone()
         if row is not None:
@@ -47,7 +47,7 @@ async def store(
 async def lock_for_processing(conn: Any, message_id: int) -> tuple[str, str | None, int]:
     """In the processing transaction: lock the row (a concurrent duplicate waits here) and return
     (status, ack, attempts). ``attempts`` counts finished tries (processed or error)."""
-    cur = await conn.execute("SELECT status, ack, attempts FROM hl7_message WHERE id = %s FOR UPDATE", (message_id,))
+    cur = await conn.execute("SELECT status, ack, attempts FROM hl7_message WHERE id = %s FOR UPDATE", (message_id,), prepare=True)
     row = await cur.fetchone()
     assert row is not None, f"hl7_message {message_id} vanished"
     return row[0], row[1], row[2]
@@ -57,7 +57,7 @@ async def mark_processed(conn: Any, message_id: int, ack_code: str, ack: str, re
     await conn.execute(
         "UPDATE hl7_message SET status = 'processed', processed_at = clock_timestamp(), ack_code = %s, ack = %s, "
         "resources = %s::jsonb, error = %s, error_location = NULL, error_code = NULL, attempts = attempts + 1 WHERE id = %s",
-        (ack_code, ack, orjson.dumps(resources).decode(), note, message_id),
+        (ack_code, ack, orjson.dumps(resources).decode(), note, message_id), prepare=True,
     )
 
 

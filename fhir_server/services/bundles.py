@@ -35,6 +35,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from fhir_server.audit.actor import Actor
+from fhir_server.auth.visibility import Access
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import (
     BadRequest,
@@ -46,7 +47,9 @@ from fhir_server.errors import (
     VersionConflict,
 )
 from fhir_server.search.custom import pinned_registry, tenant_registry
-from fhir_server.services.conditional import find_matches
+from fhir_server.search.normalize import token_key
+from fhir_server.search.registry import get_registry
+from fhir_server.services.conditional import find_matches, parse_criteria
 from fhir_server.services.resources import (
     COND_DELETE,
     COND_UPDATE,
@@ -55,6 +58,7 @@ from fhir_server.services.resources import (
     WriteResult,
 )
 from fhir_server.services.validate import check_resource
+from fhir_server.storage import repository as repo
 from fhir_server.storage.repository import StoredVersion
 
 __all__ = ["BundleEntry", "BundleService", "EntryResult", "parse_bundle", "rewrite_references"]
@@ -276,6 +280,41 @@ def rewrite_references(resource: dict[str, Any], mapping: dict[str, str]) -> Non
     _rewrite_narrative(resource, mapping)
 
 
+# ---- conditional criteria -----------------------------------------------------------------------
+def _exact_identifier(resource_type: str, query: str) -> tuple[str, str] | None:
+    """(system, code) when ``query`` is exactly ``identifier=system|code`` (no escapes, no OR, no
+    modifier) on a type whose core ``identifier`` is a token: criteria ``repo.match_token`` answers
+    the same as the generic search builder (exact ``t.system``/``t.code``), in one indexed lookup."""
+    try:
+        pairs = parse_criteria(query)
+    except ValueError:
+        return None
+    if len(pairs) != 1 or pairs[0][0] != "identifier":
+        return None
+    value = pairs[0][1]
+    if any(ch in value for ch in "\\,$"):
+        return None
+    parts = value.split("|")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        return None
+    sp = get_registry().get(resource_type, "identifier")
+    if sp is None or sp.type != "token":
+        return None
+    system, code = token_key(parts[0]), token_key(parts[1])
+    assert system is not None and code is not None
+    return system, code
+
+
+async def match_conditional(
+    conn: Any, tenant: str, resource_type: str, query: str, *, limit: int, access: Access | None = None
+) -> list[StoredVersion]:
+    """``find_matches``, with exact identifier criteria answered by one indexed lookup."""
+    exact = _exact_identifier(resource_type, query) if access is None or access.unrestricted else None
+    if exact is not None:
+        return await repo.match_token(conn, tenant, resource_type, "identifier", exact[0], exact[1], limit)
+    return await find_matches(conn, tenant, resource_type, query, limit=limit, access=access)
+
+
 # ---- errors -------------------------------------------------------------------------------------
 def at_entry(exc: FhirError, entry: BundleEntry) -> FhirError:
     """The same error, its issues naming the entry (``Bundle.entry[i]…``)."""
@@ -494,12 +533,12 @@ class BundleService:
         if keys:  # one round trip for all, taken in the order of the (sorted) array
             await conn.execute(
                 "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k",
-                (sorted(keys),),
+                (sorted(keys),), prepare=True,
             )
 
     async def _matches(self, conn: Any, entry: BundleEntry, query: str) -> list[StoredVersion]:
         assert entry.resource_type is not None
-        return await find_matches(conn, self.service.tenant, entry.resource_type, query, limit=2, access=self.service.access)
+        return await match_conditional(conn, self.service.tenant, entry.resource_type, query, limit=2, access=self.service.access)
 
     async def _delete(self, conn: Any, entry: BundleEntry) -> EntryResult:
         assert entry.resource_type is not None

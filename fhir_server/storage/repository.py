@@ -186,6 +186,29 @@ async def fetch_current(
     return _row(row) if row else None
 
 
+# An exact token match (``identifier=system|code``, the conditional criteria of the HL7 bridge and of most
+# integration upserts) driven from ``idx_token_lookup``: the ids first (an InitPlan), then the resource rows
+# by primary key. The generic builder's ``EXISTS`` shape lets the planner start from ``resource`` and probe
+# the index rows of every resource of the type; with stale statistics (a growing table, a prepared generic
+# plan) it did so, 3-8 ms per lookup and growing with the table (measured in bench/bench_hl7.py). This shape
+# has no such plan.
+_MATCH_TOKEN_SQL = (
+    f"SELECT {_COLS} FROM resource WHERE tenant_id = %(t)s AND resource_type = %(rt)s AND id = ANY(ARRAY("
+    "SELECT i.resource_id FROM idx_token i WHERE i.tenant_id = %(t)s AND i.resource_type = %(rt)s "
+    "AND i.param = %(p)s AND i.code = %(c)s AND i.system = %(s)s)) AND NOT deleted ORDER BY id LIMIT %(n)s"
+)
+
+
+async def match_token(
+    conn: AsyncConnection, tenant: str, resource_type: str, param: str, system: str, code: str, limit: int
+) -> list[StoredVersion]:
+    """Up to ``limit`` live resources with an index row ``param`` = ``system|code`` (unrestricted access)."""
+    cur = await conn.execute(
+        _MATCH_TOKEN_SQL, {"t": tenant, "rt": resource_type, "p": param, "s": system, "c": code, "n": limit}, prepare=True
+    )
+    return [_row(row) for row in await cur.fetchall()]
+
+
 async def fetch_version(
     conn: AsyncConnection, tenant: str, resource_type: str, resource_id: str, version_id: int,
     *, access: Access | None = None,

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import orjson
 
-from fhir_server.services.conditional import find_matches
+from fhir_server.services.bundles import match_conditional
 from fhir_server.services.resources import COND_UPDATE, IF_NONE_EXIST, ResourceService
 from fhir_server.storage.repository import StoredVersion
 from hl7_bridge.decode import Message, Segment
@@ -80,11 +80,11 @@ class HandlerContext:
     async def lock(self, kind: str, resource_type: str, query: str) -> None:
         """The advisory lock the Bundle service (and REST) takes for this conditional interaction;
         taken early so a read-then-decide (out-of-order results, merges) cannot race."""
-        await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.service.lock_key(kind, resource_type, query),))
+        await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.service.lock_key(kind, resource_type, query),), prepare=True)
 
     async def find_one(self, resource_type: str, query: str, *, kind: str = COND_UPDATE) -> StoredVersion | None:
         await self.lock(kind, resource_type, query)
-        matches = await find_matches(self.conn, self.tenant, resource_type, query, limit=2)
+        matches = await match_conditional(self.conn, self.tenant, resource_type, query, limit=2)
         if len(matches) > 1:
             raise MappingError(f"{resource_type}?{query} matches more than one resource", code="205")
         return matches[0] if matches else None
@@ -99,6 +99,14 @@ class HandlerContext:
             return {"fullUrl": full_url, "resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{found.id}"}}
         resource.pop("id", None)
         return {"fullUrl": full_url, "resource": resource, "request": {"method": "PUT", "url": f"{rtype}?{query}"}}
+
+    @staticmethod
+    def new(resource: dict[str, Any], full_url: str) -> dict[str, Any]:
+        """A plain create, for a resource ``find_one`` has just NOT found: its lock is held until the
+        message commits, so no one else can create it meanwhile and the Bundle need not search again
+        (and the create joins the Bundle's one multi-row insert)."""
+        resource.pop("id", None)
+        return {"fullUrl": full_url, "resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}}
 
     @staticmethod
     def create_if_none(resource: dict[str, Any], full_url: str, query: str) -> dict[str, Any]:
@@ -132,7 +140,7 @@ class HandlerContext:
             raise Refused(f"unknown patient {key.get('value')} ({key.get('system')}); this sender may not create patients",
                           "PID-3", "204")
         if found is None:
-            work.add(self.create_if_none(patient, url, query), pid)
+            work.add(self.new(patient, url), pid)  # searched under the If-None-Exist lock just now
         elif update:
             work.add(self.put(merge_resource(self.content(found), patient), url, found, query), pid)
         else:

@@ -213,7 +213,11 @@ async def _group(ctx: HandlerContext, work: Work, group: dict[str, Any], patient
         report["result"] = result_refs
     if specimen_refs:
         report["specimen"] = specimen_refs
-    work.add(ctx.put(report, ctx.full_url("DiagnosticReport", report_query), found, report_query), obr)
+    report_url = ctx.full_url("DiagnosticReport", report_query)
+    if found is None:  # searched under the conditional-update lock above, which is held until commit
+        work.add(ctx.new(report, report_url), obr)
+    else:
+        work.add(ctx.put(report, report_url, found, report_query), obr)
 
 
 def _report_status_from(obx_statuses: list[str | None]) -> str:
