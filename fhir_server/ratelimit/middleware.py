@@ -79,14 +79,83 @@ class Backend:
         return None
 
 
+@dataclass(slots=True)
+class _Counter:
+    """What this process knows of one key's window: the shared count at the last exchange with
+    PostgreSQL, and the hits counted here since."""
+
+    window_end: float  # epoch seconds
+    shared: int
+    expiry: float  # the limit's window length in seconds
+    pending: int = 0
+
+
 class PostgresBackend(Backend):
+    """Counters in PostgreSQL, exchanged only when it matters.
+
+    Far from a limit (this process's estimate below ``LOCAL_SHARE`` of it) a hit is counted in
+    memory and sent with the next flush (every ``FLUSH_SECONDS``, one statement for all keys);
+    near the limit, and on a key's first hit in a window, the hit goes to PostgreSQL at once and
+    the answer decides. So a busy user costs one statement per flush instead of one per request
+    (measured: creates 627/s with an upsert per request), while decisions near a limit stay exact.
+    Unflushed hits of a process that dies are lost (at most ``FLUSH_SECONDS`` of them).
+    """
+
+    LOCAL_SHARE = 0.5
+    FLUSH_SECONDS = 0.2
+
     def __init__(self, storage: PostgresStorage) -> None:
         self.storage = storage
+        self.counters: dict[str, _Counter] = {}
+        self._flush_task: asyncio.Task[None] | None = None
 
     async def hit(self, item: RateLimitItem, keys: list[str]) -> float | None:
-        counts = await self.storage.incr_many(keys, [float(item.get_expiry())] * len(keys))
-        over = [end for count, end in counts.values() if count > item.amount]
-        return max(over) - time.time() if over else None
+        now = time.time()
+        budget = item.amount * self.LOCAL_SHARE
+        exchange = []
+        for key in keys:
+            c = self.counters.get(key)
+            if c is not None and c.window_end > now and c.shared + c.pending + 1 <= budget:
+                c.pending += 1
+            else:
+                exchange.append(key)
+        if exchange:
+            amounts = [1 + (self.counters[k].pending if k in self.counters and self.counters[k].window_end > now else 0)
+                       for k in exchange]
+            counts = await self.storage.incr_many(exchange, [float(item.get_expiry())] * len(exchange), amounts)
+            over = []
+            for key, (count, end) in counts.items():
+                self.counters[key] = _Counter(end, count, float(item.get_expiry()))
+                if count > item.amount:
+                    over.append(end)
+            if over:
+                return max(over) - now
+        if any(k not in exchange for k in keys) and self._flush_task is None:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+        return None
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(self.FLUSH_SECONDS)
+            now = time.time()
+            pending = {k: c for k, c in self.counters.items() if c.pending and c.window_end > now}
+            if pending:
+                keys = list(pending)
+                amounts = [pending[k].pending for k in keys]
+                for k in keys:
+                    pending[k].pending = 0
+                counts = await self.storage.incr_many(keys, [pending[k].expiry for k in keys], amounts)
+                for key, (count, end) in counts.items():
+                    c = self.counters.get(key)
+                    if c is not None:
+                        c.shared, c.window_end = count, end
+            stale = [k for k, c in self.counters.items() if c.window_end <= now and not c.pending]
+            for k in stale:
+                del self.counters[k]
+        except Exception:
+            log.warning("rate limit flush failed", exc_info=True)
+        finally:
+            self._flush_task = None
 
     async def housekeeping(self) -> None:
         await self.storage.remove_expired()

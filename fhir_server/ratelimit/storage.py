@@ -39,12 +39,14 @@ class PostgresStorage(Storage):
     def base_exceptions(self) -> type[Exception]:
         return psycopg.Error
 
-    async def incr_many(self, keys: list[str], expiry: list[float], amount: int = 1) -> dict[str, tuple[int, float]]:
-        """Count a hit on every key; ``{key: (count in its window, window end as epoch seconds)}``."""
+    async def incr_many(
+        self, keys: list[str], expiry: list[float], amounts: int | list[int] = 1
+    ) -> dict[str, tuple[int, float]]:
+        """Add ``amounts`` hits to each key; ``{key: (count in its window, window end as epoch seconds)}``."""
+        if isinstance(amounts, int):
+            amounts = [amounts] * len(keys)
         async with self.db.connection() as conn:
-            cur = await conn.execute(
-                _INCR, {"keys": keys, "amounts": [amount] * len(keys), "expiries": expiry}, prepare=True
-            )
+            cur = await conn.execute(_INCR, {"keys": keys, "amounts": amounts, "expiries": expiry}, prepare=True)
             return {key: (int(count), float(end)) for key, count, end in await cur.fetchall()}
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
