@@ -614,7 +614,7 @@ class BundleService:
                 if cond is None or cond[1] not in RESOURCE_TYPES:
                     continue
                 with _entry_errors(entry):
-                    matches = await find_matches(conn, self.service.tenant, cond[1], cond[2], limit=2, access=self.service.access)
+                    matches = await match_conditional(conn, self.service.tenant, cond[1], cond[2], limit=2, access=self.service.access)
                 if len(matches) != 1:
                     how = "no" if not matches else "more than one"
                     raise PreconditionFailed(
