@@ -9,6 +9,8 @@ Content-Type, unless Accept or ``_format`` asks for a FHIR format; then the Bina
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -81,6 +83,21 @@ async def _raw_resource(request: Request, svc: BinaryService, resource_id: str |
     )
 
 
+async def _write(
+    request: Request,
+    svc: BinaryService,
+    fhir_write: Callable[[object], Awaitable[WriteResult]],
+    raw_write: Callable[[dict[str, object]], Awaitable[WriteResult]],
+    resource_id: str | None = None,
+) -> Response:
+    """A write of the request body: ``fhir_write`` of a FHIR Binary, ``raw_write`` of raw content."""
+    if _fhir_body(request):
+        result = await fhir_write(await _fhir_resource(request))
+    else:
+        result = await raw_write(await _raw_resource(request, svc, resource_id))
+    return _written(request, result)
+
+
 def _written(request: Request, result: WriteResult) -> Response:
     if not result.created and request.method == "POST":
         return write_response(request, result.version, 200, location=False, message="Matched an existing resource; nothing created")
@@ -93,26 +110,23 @@ async def create(resource_type: str, request: Request) -> Response:
     """create (http.html#create, #binary): FHIR Binary or raw content."""
     svc = binary_service(request)
     if_none_exist = request.headers.get("if-none-exist")
-    if _fhir_body(request):
-        resource = await _fhir_resource(request)
-        result = await svc.create(resource, if_none_exist=if_none_exist)  # type: ignore[arg-type]
-    else:
-        stored = await _raw_resource(request, svc)
-        result = await svc.create_stored(stored, if_none_exist=if_none_exist)
-    return _written(request, result)
+    return await _write(
+        request, svc,
+        lambda resource: svc.create(resource, if_none_exist=if_none_exist),  # type: ignore[arg-type]
+        lambda stored: svc.create_stored(stored, if_none_exist=if_none_exist),
+    )
 
 
 async def update(resource_type: str, resource_id: str, request: Request) -> Response:
     """update (http.html#update, #binary): FHIR Binary or raw content under a known id."""
     svc = binary_service(request)
     if_match = parse_if_match(request)
-    if _fhir_body(request):
-        resource = await _fhir_resource(request)
-        result = await svc.update(resource_id, resource, if_match=if_match)  # type: ignore[arg-type]
-    else:
-        stored = await _raw_resource(request, svc, resource_id)
-        result = await svc.update_stored(resource_id, stored, if_match=if_match)
-    return _written(request, result)
+    return await _write(
+        request, svc,
+        lambda resource: svc.update(resource_id, resource, if_match=if_match),  # type: ignore[arg-type]
+        lambda stored: svc.update_stored(resource_id, stored, if_match=if_match),
+        resource_id,
+    )
 
 
 async def conditional_update(resource_type: str, request: Request) -> Response:
@@ -122,13 +136,11 @@ async def conditional_update(resource_type: str, request: Request) -> Response:
         raise BadRequest("PUT on a type needs search criteria (conditional update) or an id in the URL")
     svc = binary_service(request)
     if_match = parse_if_match(request)
-    if _fhir_body(request):
-        resource = await _fhir_resource(request)
-        result = await svc.conditional_update(criteria, resource, if_match=if_match)  # type: ignore[arg-type]
-    else:
-        stored = await _raw_resource(request, svc)
-        result = await svc.conditional_update(criteria, stored, if_match=if_match, stored=True)
-    return _written(request, result)
+    return await _write(
+        request, svc,
+        lambda resource: svc.conditional_update(criteria, resource, if_match=if_match),  # type: ignore[arg-type]
+        lambda stored: svc.conditional_update(criteria, stored, if_match=if_match, stored=True),
+    )
 
 
 async def refuse_patch(*args: object) -> Response:

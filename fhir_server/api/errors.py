@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from fastapi import FastAPI
@@ -36,6 +38,19 @@ def outcome_response(request: Request, status: int, issues: list[Issue], headers
     else:
         body, media_type = orjson.dumps(outcome), "application/fhir+json; charset=utf-8"
     return Response(body, status_code=status, headers=headers, media_type=media_type)
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def send_outcome(
+    scope: dict[str, Any], send: Any, status: int, issues: list[Issue], headers: Mapping[str, str] | None = None
+) -> None:
+    """Answer an ASGI request from a middleware (before any route runs) with an OperationOutcome,
+    negotiated like every other error: FHIR XML when Accept/_format ask for it (http.html#mime-type)."""
+    response = outcome_response(Request(scope), status, issues, dict(headers or {}))
+    await response(scope, _no_body, send)
 
 
 async def fhir_error_handler(request: Request, exc: Exception) -> Response:

@@ -21,18 +21,20 @@ Jobs and files belong to the requester: the same tenant and the same token subje
 
 from __future__ import annotations
 
-import uuid
 import re
+import uuid
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from fhir_server.api.authorize import narrow_types
-from fhir_server.api.deps import access_of, database, tenant_of
+from fhir_server.api.deps import access_of, actor_of, database, tenant_of
 from fhir_server.api.operations import OperationCall, operation
-from fhir_server.api.responses import base_url, fhir_response
+from fhir_server.api.responses import base_url, fhir_response, prefer_strict
 from fhir_server.auth.visibility import visible_binds
 from fhir_server.bulk import export as bulk
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
@@ -50,12 +52,8 @@ _QUERY_SPLIT = re.compile(r",(?=[A-Z][A-Za-z]+\?)")
 
 
 def _requester(request: Request) -> str:
-    principal = request.scope.get("state", {}).get("principal")
-    return str(principal.subject) if principal is not None else "development-mode"
-
-
-def _strict(request: Request) -> bool:
-    return "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+    """The job owner: the agent of the audit trail (the token's subject, or "development-mode")."""
+    return actor_of(request).agent
 
 
 def _check_headers(request: Request) -> None:
@@ -158,7 +156,7 @@ async def kick_off(call: OperationCall) -> Response:
             raise BadRequest(f"_since '{since}' is not a FHIR instant", expression="_since") from None
     types = narrow_types(request, _types(call, level), asked=bool(call.texts("_type")))
     ignored = [name for name in ("_elements", "includeAssociatedData") if call.first(name) is not None]
-    if ignored and _strict(request):
+    if ignored and prefer_strict(request):
         raise BadRequest(f"{', '.join(ignored)} is not supported by this server", expression=ignored[0])
     patients = _patients(call)
     if level == "system" and patients is not None:
@@ -213,7 +211,7 @@ def _manifest(request: Request, job: Job) -> dict[str, Any]:
         for f in files
     ]
     manifest: dict[str, Any] = {
-        "transactionTime": format_instant(_parse(job.request["transactionTime"])),
+        "transactionTime": format_instant(datetime.fromisoformat(job.request["transactionTime"])),
         "request": job.request["request"],
         "requiresAccessToken": not request.app.state.settings.dev_mode,
         "output": output,
@@ -222,12 +220,6 @@ def _manifest(request: Request, job: Job) -> dict[str, Any]:
     if job.request.get("ignored"):
         manifest["extension"] = {"ignoredParameters": job.request["ignored"]}
     return manifest
-
-
-def _parse(text: str) -> Any:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text)
 
 
 @operation("export-status", levels=("system",), methods=("GET", "DELETE"))
@@ -254,8 +246,6 @@ async def status(call: OperationCall) -> Response:
         issue = Issue("error", "exception", f"Export job {job.id} failed: {job.error or 'unknown error'}")
         return fhir_response(request, operation_outcome([issue]), 500)
     headers = {"Expires": http_date(job.expires)} if job.expires else {}
-    import orjson
-
     return Response(orjson.dumps(_manifest(request, job)), 200, headers, media_type="application/json")
 
 

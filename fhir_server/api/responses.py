@@ -66,6 +66,11 @@ def resource_body(request: Request, version: StoredVersion) -> bytes:
     return json_bytes(request, resource)
 
 
+def prefer_strict(request: Request) -> bool:
+    """``Prefer: handling=strict``: refuse what lenient handling would ignore (http.html#prefer)."""
+    return "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+
+
 def prefer_return(request: Request) -> str:
     prefer = request.headers.get("prefer", "")
     for part in prefer.split(";"):

@@ -21,7 +21,7 @@ from fhir_server.api.authorize import readable_types, require_operation
 from fhir_server.api.bundles import page_links, searchset_bundle
 from fhir_server.api.deps import access_of, checked_type, database, tenant_of
 from fhir_server.api.paging import parse_count
-from fhir_server.api.responses import fhir_response
+from fhir_server.api.responses import fhir_response, prefer_strict
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import BadRequest, InvalidSearch, Issue, operation_outcome
 from fhir_server.search.compile import build_where
@@ -41,10 +41,6 @@ _KEPT = ("_summary", "_elements", "_format", "_pretty")  # applied as given, kep
 # search.html#all: without _type only these (all of them Resource-level) may be used
 SYSTEM_PARAMS = frozenset({"_id", "_lastUpdated", "_tag", "_profile", "_security", "_source"})
 TOTAL_MODES = ("none", "estimate", "accurate")
-
-
-def _strict(request: Request) -> bool:
-    return "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
 
 
 def _base_name(name: str) -> str:
@@ -157,7 +153,7 @@ async def _search(
             applied.append((name, value))
         elif name in _NOT_YET:
             warnings.append(_warning(f"{name} is not supported yet and was ignored", name))
-    if warnings and _strict(request):
+    if warnings and prefer_strict(request):
         raise InvalidSearch("Unknown or unsupported search parameters", issues=warnings)
 
     summary_count = any(k == "_summary" and v == "count" for k, v in pairs)

@@ -23,12 +23,13 @@ newest first, paged by keyset on the primary key ``(tenant_id, recorded, id)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from fhir_server.audit.resource import COLUMNS, DCM, DCM_SUBTYPES, TYPE_SYSTEMS, parse_resource_id
 from fhir_server.errors import InvalidSearch, Issue
+from fhir_server.search.compile import range_condition
 from fhir_server.search.query_values import split_prefix, split_unescaped, unescape
 from fhir_server.search.ranges import date_range
 
@@ -80,21 +81,9 @@ def _date_clause(q: AuditSearch, value: str, name: str) -> str:
         low, high = date_range(text)
     except ValueError:
         raise InvalidSearch(f"'{value}' is not a FHIR date", expression=name) from None
-    lo, hi = q.bind(low), q.bind(high)
-    match prefix or "eq":
-        case "eq" | "ap":
-            return f"a.recorded BETWEEN {lo} AND {hi}"
-        case "ne":
-            return f"NOT (a.recorded BETWEEN {lo} AND {hi})"
-        case "lt" | "eb":
-            return f"a.recorded < {lo}"
-        case "le":
-            return f"a.recorded <= {hi}"
-        case "gt" | "sa":
-            return f"a.recorded > {hi}"
-        case "ge":
-            return f"a.recorded >= {lo}"
-    raise InvalidSearch(f"prefix '{prefix}' is not supported", expression=name)
+    # ap as eq (module docstring); a.recorded is an instant: target range [recorded, recorded]
+    prefix = "eq" if prefix in (None, "ap") else prefix
+    return range_condition(prefix, low, high, "a.recorded", "a.recorded", q.bind, datetime.now(UTC))
 
 
 def _clause(q: AuditSearch, name: str, values: list[str]) -> str | None:

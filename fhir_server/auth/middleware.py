@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from fhir_server.api.errors import send_outcome
 from fhir_server.auth.oauth import PUBLIC_PATHS as OAUTH_PUBLIC_PATHS
 from fhir_server.auth.tokens import TokenVerifier
-from fhir_server.errors import Issue, Unauthorized, operation_outcome
+from fhir_server.errors import Issue, Unauthorized
 
 PUBLIC_PATHS = frozenset({"/fhir/metadata"}) | OAUTH_PUBLIC_PATHS
 
@@ -47,14 +46,5 @@ class BearerAuth:
 
 
 async def _deny(scope: dict[str, Any], send: Any, issues: list[Issue], status: int = 401) -> None:
-    rid = scope.get("state", {}).get("request_id")
-    body = orjson.dumps(operation_outcome(issues, rid))
-    headers = [(b"content-type", b"application/fhir+json; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="fhir"'))
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": headers,
-    })
-    await send({"type": "http.response.body", "body": body})
+    headers = {"WWW-Authenticate": 'Bearer realm="fhir"'} if status == 401 else None
+    await send_outcome(scope, send, status, issues, headers)

@@ -30,9 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fhir_server.auth.visibility import Access, visible_binds
 from fhir_server.definitions.compartments import compartment
@@ -75,7 +76,6 @@ class _Cursor:
     count: int = 0
     size: int = 0
     exhausted: bool = False
-    ids: list[str] = field(default_factory=list)
 
 
 def _candidates_sql(request: dict[str, Any], resource_type: str) -> tuple[str, dict[str, Any]] | None:
@@ -122,8 +122,6 @@ def _candidates_sql(request: dict[str, Any], resource_type: str) -> tuple[str, d
 
 
 def query_pairs(query: str) -> list[tuple[str, str]]:
-    from urllib.parse import parse_qsl
-
     return parse_qsl(query, keep_blank_values=True)
 
 

@@ -32,8 +32,10 @@ Unknown parameters are ignored with a warning; a bad value, prefix or modifier r
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fhir_server.auth.visibility import Access
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
@@ -387,32 +389,8 @@ class _Builder:
         return self.range_sql(prefix, low, high, "t.low", "t.high")
 
     def range_sql(self, prefix: str, low: datetime, high: datetime, t_low: str, t_high: str) -> str:
-        """Date prefixes, search range [sl, sh] against target [tl, th], both inclusive
-        (search.html#prefix: "the range of the search value fully contains the range of the
-        target value", "the range above the search value intersects the range of the target"...)."""
-        if prefix == "ap":  # 10% of the gap between now and the value, on either side
-            mid = low + (high - low) / 2
-            gap = abs(self.now - mid) / 10
-            low, high = _shift(low, -gap), _shift(high, gap)
-            return f"{t_low} <= {self.bind(high)} AND {t_high} >= {self.bind(low)}"
-        if prefix in ("eq", "ne"):
-            eq = f"{t_low} >= {self.bind(low)} AND {t_high} <= {self.bind(high)}"
-            return eq if prefix == "eq" else f"NOT ({eq})"
-        if prefix == "gt":
-            return f"{t_high} > {self.bind(high)}"
-        if prefix == "lt":
-            return f"{t_low} < {self.bind(low)}"
-        # ge/le: the last conjunct follows from the OR (th ≥ tl ≥ sl, resp. tl ≤ th ≤ sh) but, unlike
-        # the OR, an index on the bound can use it (bench/README.md "Search at scale": 1 s → 1.3 ms)
-        if prefix == "ge":
-            return f"({t_high} > {self.bind(high)} OR {t_low} >= {self.bind(low)}) AND {t_high} >= {self.bind(low)}"
-        if prefix == "le":
-            return f"({t_low} < {self.bind(low)} OR {t_high} <= {self.bind(high)}) AND {t_low} <= {self.bind(high)}"
-        if prefix == "sa":
-            return f"{t_low} > {self.bind(high)}"
-        if prefix == "eb":
-            return f"{t_high} < {self.bind(low)}"
-        raise AssertionError(prefix)
+        """Date prefixes against target ``[t_low, t_high]``: see ``range_condition``."""
+        return range_condition(prefix, low, high, t_low, t_high, self.bind, self.now)
 
     # -- number and quantity -----------------------------------------------------------------
     def number_condition(self, sp: SearchParam, raw_name: str, modifier: str, piece: str) -> str:
@@ -537,6 +515,38 @@ def _balanced(sql: str) -> bool:
 
 def _or(conds: list[str]) -> str:
     return conds[0] if len(conds) == 1 else "(" + " OR ".join(_paren(c) for c in conds) + ")"
+
+
+def range_condition(
+    prefix: str, low: datetime, high: datetime, t_low: str, t_high: str, bind: Callable[[Any], str], now: datetime
+) -> str:
+    """Date prefixes, search range [sl, sh] against target [tl, th], both inclusive
+    (search.html#prefix: "the range of the search value fully contains the range of the
+    target value", "the range above the search value intersects the range of the target"...).
+    ``bind`` turns a value into its placeholder; ``now`` anchors ``ap``."""
+    if prefix == "ap":  # 10% of the gap between now and the value, on either side
+        mid = low + (high - low) / 2
+        gap = abs(now - mid) / 10
+        low, high = _shift(low, -gap), _shift(high, gap)
+        return f"{t_low} <= {bind(high)} AND {t_high} >= {bind(low)}"
+    if prefix in ("eq", "ne"):
+        eq = f"{t_low} >= {bind(low)} AND {t_high} <= {bind(high)}"
+        return eq if prefix == "eq" else f"NOT ({eq})"
+    if prefix == "gt":
+        return f"{t_high} > {bind(high)}"
+    if prefix == "lt":
+        return f"{t_low} < {bind(low)}"
+    # ge/le: the last conjunct follows from the OR (th ≥ tl ≥ sl, resp. tl ≤ th ≤ sh) but, unlike
+    # the OR, an index on the bound can use it (bench/README.md "Search at scale": 1 s → 1.3 ms)
+    if prefix == "ge":
+        return f"({t_high} > {bind(high)} OR {t_low} >= {bind(low)}) AND {t_high} >= {bind(low)}"
+    if prefix == "le":
+        return f"({t_low} < {bind(low)} OR {t_high} <= {bind(high)}) AND {t_low} <= {bind(high)}"
+    if prefix == "sa":
+        return f"{t_low} > {bind(high)}"
+    if prefix == "eb":
+        return f"{t_high} < {bind(low)}"
+    raise AssertionError(prefix)
 
 
 def _shift(d: datetime, delta: timedelta) -> datetime:

@@ -35,7 +35,6 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from fhir_server.audit.actor import Actor
-from fhir_server.auth.visibility import Access
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import (
     BadRequest,
@@ -47,9 +46,7 @@ from fhir_server.errors import (
     VersionConflict,
 )
 from fhir_server.search.custom import pinned_registry, tenant_registry
-from fhir_server.search.normalize import token_key
-from fhir_server.search.registry import get_registry
-from fhir_server.services.conditional import find_matches, parse_criteria
+from fhir_server.services.conditional import find_matches
 from fhir_server.services.resources import (
     COND_DELETE,
     COND_UPDATE,
@@ -58,7 +55,6 @@ from fhir_server.services.resources import (
     WriteResult,
 )
 from fhir_server.services.validate import check_resource
-from fhir_server.storage import repository as repo
 from fhir_server.storage.repository import StoredVersion
 
 __all__ = ["BundleEntry", "BundleService", "EntryResult", "parse_bundle", "rewrite_references"]
@@ -278,41 +274,6 @@ def rewrite_references(resource: dict[str, Any], mapping: dict[str, str]) -> Non
         if target is not None:
             node["reference"] = target
     _rewrite_narrative(resource, mapping)
-
-
-# ---- conditional criteria -----------------------------------------------------------------------
-def _exact_identifier(resource_type: str, query: str) -> tuple[str, str] | None:
-    """(system, code) when ``query`` is exactly ``identifier=system|code`` (no escapes, no OR, no
-    modifier) on a type whose core ``identifier`` is a token: criteria ``repo.match_token`` answers
-    the same as the generic search builder (exact ``t.system``/``t.code``), in one indexed lookup."""
-    try:
-        pairs = parse_criteria(query)
-    except ValueError:
-        return None
-    if len(pairs) != 1 or pairs[0][0] != "identifier":
-        return None
-    value = pairs[0][1]
-    if any(ch in value for ch in "\\,$"):
-        return None
-    parts = value.split("|")
-    if len(parts) != 2 or not parts[0] or not parts[1]:
-        return None
-    sp = get_registry().get(resource_type, "identifier")
-    if sp is None or sp.type != "token":
-        return None
-    system, code = token_key(parts[0]), token_key(parts[1])
-    assert system is not None and code is not None
-    return system, code
-
-
-async def match_conditional(
-    conn: Any, tenant: str, resource_type: str, query: str, *, limit: int, access: Access | None = None
-) -> list[StoredVersion]:
-    """``find_matches``, with exact identifier criteria answered by one indexed lookup."""
-    exact = _exact_identifier(resource_type, query) if access is None or access.unrestricted else None
-    if exact is not None:
-        return await repo.match_token(conn, tenant, resource_type, "identifier", exact[0], exact[1], limit)
-    return await find_matches(conn, tenant, resource_type, query, limit=limit, access=access)
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -538,7 +499,7 @@ class BundleService:
 
     async def _matches(self, conn: Any, entry: BundleEntry, query: str) -> list[StoredVersion]:
         assert entry.resource_type is not None
-        return await match_conditional(conn, self.service.tenant, entry.resource_type, query, limit=2, access=self.service.access)
+        return await find_matches(conn, self.service.tenant, entry.resource_type, query, limit=2, access=self.service.access)
 
     async def _delete(self, conn: Any, entry: BundleEntry) -> EntryResult:
         assert entry.resource_type is not None
@@ -614,7 +575,7 @@ class BundleService:
                 if cond is None or cond[1] not in RESOURCE_TYPES:
                     continue
                 with _entry_errors(entry):
-                    matches = await match_conditional(conn, self.service.tenant, cond[1], cond[2], limit=2, access=self.service.access)
+                    matches = await find_matches(conn, self.service.tenant, cond[1], cond[2], limit=2, access=self.service.access)
                 if len(matches) != 1:
                     how = "no" if not matches else "more than one"
                     raise PreconditionFailed(

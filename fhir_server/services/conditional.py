@@ -11,6 +11,9 @@ from fhir_server.auth.visibility import Access, visible_binds
 from fhir_server.errors import BadRequest, PreconditionFailed
 from fhir_server.search.compile import build_where
 from fhir_server.search.custom import tenant_registry
+from fhir_server.search.normalize import token_key
+from fhir_server.search.registry import get_registry
+from fhir_server.storage import repository as repo
 from fhir_server.storage.repository import StoredVersion
 from fhir_server.storage.search import load_conformance
 from terminology import stored
@@ -24,6 +27,32 @@ def parse_criteria(query: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def exact_identifier(resource_type: str, params: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """(system, code) when ``params`` are exactly ``identifier=system|code`` (no escapes, no OR, no
+    modifier, no ``$``) on a type whose core ``identifier`` is a token (search.html#token): criteria
+    ``repository.match_token`` answers the same as the generic search builder (exact
+    ``t.system``/``t.code``), in one indexed lookup.
+
+    The core registry is enough here, without the tenant's: a custom SearchParameter may not reuse a
+    code that is a core parameter of one of its bases (``check_search_parameter``), so on a type whose
+    core ``identifier`` exists, every tenant registry answers that same parameter."""
+    if len(params) != 1 or params[0][0] != "identifier":
+        return None
+    value = params[0][1]
+    if any(ch in value for ch in "\\,$"):
+        return None
+    parts = value.split("|")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        return None
+    sp = get_registry().get(resource_type, "identifier")
+    if sp is None or sp.type != "token":
+        return None
+    system, code = token_key(parts[0]), token_key(parts[1])
+    if system is None or code is None:
+        return None
+    return system, code
+
+
 async def find_matches(
     conn: AsyncConnection, tenant: str, resource_type: str, query: str, *, limit: int, access: Access | None = None
 ) -> list[StoredVersion]:
@@ -32,6 +61,10 @@ async def find_matches(
     params = parse_criteria(query)
     if not params:
         raise PreconditionFailed("Conditional criteria must name at least one search parameter")
+    if access is None or access.unrestricted:
+        exact = exact_identifier(resource_type, params)
+        if exact is not None:  # one indexed lookup; the same matches as the generic path below
+            return await repo.match_token(conn, tenant, resource_type, "identifier", exact[0], exact[1], limit)
     registry = await tenant_registry(conn, tenant)
     codes = stored(partial(load_conformance, conn, tenant))  # token :in etc. may name a stored ValueSet
     where = await codes.run(partial(build_where, resource_type, params, registry=registry, access=access))

@@ -16,9 +16,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
-from fhir_server.errors import Issue, operation_outcome
+from fhir_server.api.errors import send_outcome
+from fhir_server.errors import Issue
 from fhir_server.tenancy.store import RESERVED, TENANT_ID, is_active
 
 _PREFIX = "/fhir/"
@@ -43,7 +42,7 @@ class TenantFromPath:
             await self.app(scope, receive, send)
             return
         if not await self._active(scope, segment):
-            await _not_found(send, segment, state.get("request_id"))
+            await _not_found(scope, send, segment)
             return
         state["tenant"] = state["tenant_segment"] = segment
         rest = path[len(_PREFIX) + len(segment):]  # "" or "/…"
@@ -70,15 +69,5 @@ class TenantFromPath:
         return active
 
 
-async def _not_found(send: Any, tenant: str, request_id: str | None) -> None:
-    issue = Issue("error", "not-found", f"No tenant '{tenant}' on this server")
-    body = orjson.dumps(operation_outcome([issue], request_id))
-    await send({
-        "type": "http.response.start",
-        "status": 404,
-        "headers": [
-            (b"content-type", b"application/fhir+json; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    })
-    await send({"type": "http.response.body", "body": body})
+async def _not_found(scope: dict[str, Any], send: Any, tenant: str) -> None:
+    await send_outcome(scope, send, 404, [Issue("error", "not-found", f"No tenant '{tenant}' on this server")])

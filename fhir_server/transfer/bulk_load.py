@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gzip
 import multiprocessing
 import sys
 import time
@@ -53,6 +52,7 @@ from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.services.resources import next_instant, stamp
 from fhir_server.services.validate import validation_issues
 from fhir_server.storage.repository import _INDEX_COLUMNS, INDEX_TABLES
+from fhir_server.transfer.files import find_files, open_file
 
 __all__ = ["BadLine", "BulkLoader", "LoadReport", "discover", "run_bulk_import"]
 
@@ -108,19 +108,13 @@ class _Raced(Exception):
 # ---- reading ---------------------------------------------------------------------------------
 def discover(paths: Iterable[Path]) -> list[Path]:
     """The NDJSON files under ``paths`` (files as given, folders searched), SearchParameter files first."""
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)))
-        else:
-            files.append(path)
+    files = find_files(paths, SUFFIXES)
     return sorted(files, key=lambda p: not p.name.startswith("SearchParameter"))  # stable otherwise
 
 
 def read_lines(files: Iterable[Path]) -> Iterator[Line]:
     for path in files:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rb") as f:  # type: ignore[operator]
+        with open_file(path, binary=True) as f:
             for number, raw in enumerate(f, 1):
                 if raw.strip():
                     yield str(path), number, raw

@@ -11,7 +11,6 @@ conditional reference to what another file creates) are retried after the others
 
 from __future__ import annotations
 
-import gzip
 import re
 import sys
 import time
@@ -26,25 +25,18 @@ from fhir_server.errors import FhirError
 from fhir_server.services.bundles import BundleService
 from fhir_server.services.resources import ResourceService
 from fhir_server.storage.db import Database
+from fhir_server.transfer.files import find_files, open_file
 
 SUFFIXES = (".json", ".ndjson", ".json.gz", ".ndjson.gz")
 
 
 def discover(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)))
-        else:
-            files.append(path)
-    return files
+    return find_files(paths, SUFFIXES)
 
 
 def _read_text(path: Path) -> str:
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return f.read()
-    return path.read_text(encoding="utf-8")
+    with open_file(path) as f:
+        return f.read()
 
 
 def _as_transaction(resources: list[Any]) -> dict[str, Any]:

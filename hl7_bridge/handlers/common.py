@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import orjson
 
-from fhir_server.services.bundles import match_conditional
+from fhir_server.services.conditional import find_matches
 from fhir_server.services.resources import COND_UPDATE, IF_NONE_EXIST, ResourceService
 from fhir_server.storage.repository import StoredVersion
 from hl7_bridge.decode import Message, Segment
@@ -84,7 +84,7 @@ class HandlerContext:
 
     async def find_one(self, resource_type: str, query: str, *, kind: str = COND_UPDATE) -> StoredVersion | None:
         await self.lock(kind, resource_type, query)
-        matches = await match_conditional(self.conn, self.tenant, resource_type, query, limit=2)
+        matches = await find_matches(self.conn, self.tenant, resource_type, query, limit=2)
         if len(matches) > 1:
             raise MappingError(f"{resource_type}?{query} matches more than one resource", code="205")
         return matches[0] if matches else None

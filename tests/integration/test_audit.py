@@ -6,26 +6,19 @@ through the batching sink (written within a fraction of a second).
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
 import psycopg
 
 from tests.conftest import ServerProcess
+from tests.integration.audit_helpers import audit_rows
 from tests.integration.test_crud import new_patient
 
 
-def _audit_rows(db: psycopg.Connection, request_id: str, timeout: float = 5.0) -> list[tuple]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = db.execute(
-            "SELECT action, interaction, outcome, status, agent, resource_type, resource_id, version_id, path "
-            "FROM audit_event WHERE request_id = %s", (request_id,)
-        ).fetchall()
-        if rows or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+def _audit_rows(db: psycopg.Connection, request_id: str, timeout: float = 30.0) -> list[tuple]:
+    return audit_rows(db, request_id, "action, interaction, outcome, status, agent, resource_type, resource_id, "
+                      "version_id, path", timeout=timeout)
 
 
 def _rid() -> str:

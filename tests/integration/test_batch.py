@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 
 import httpx
 import psycopg
 
+from tests.integration.audit_helpers import audit_rows
 from tests.integration.test_transaction import bundle, entry, marker, patient, rows_with, urn
 
 
@@ -77,16 +77,9 @@ def test_batch_patch_entries(client: httpx.Client) -> None:
     assert got[1]["response"]["status"].startswith("501")
 
 
-def _audit_rows(db: psycopg.Connection, request_id: str, n: int, timeout: float = 30.0) -> list[tuple]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = db.execute(
-            "SELECT interaction, status, method, path, resource_type, resource_id FROM audit_event "
-            "WHERE request_id = %s ORDER BY id", (request_id,)
-        ).fetchall()
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+def _audit_rows(db: psycopg.Connection, request_id: str, n: int) -> list[tuple]:
+    return audit_rows(db, request_id, "interaction, status, method, path, resource_type, resource_id", n=n,
+                      order_by_id=True)
 
 
 def test_bundle_entries_are_audited(client: httpx.Client, db: psycopg.Connection) -> None:

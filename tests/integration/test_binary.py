@@ -96,7 +96,8 @@ def test_raw_upload_download_round_trip(bc: httpx.Client, blob_dir: Path, db: ps
 
 
 def test_small_content_stays_inline(bc: httpx.Client, blob_dir: Path, db: psycopg.Connection) -> None:
-    """Content up to FHIR_BINARY_INLINE_MAX_BYTES stays base64 in the row; no blob is written."""
+    """Content up to FHIR_BINARY_INLINE_MAX_BYTES stays base64 in the row; no blob is written.
+    binary.html (Binary.data, base64); inline vs blob storage is server-specific (README "Files (Binary)")."""
     before = blobs_on_disk(blob_dir)
     r = upload(bc, b"hello, ward 3", "text/plain; charset=utf-8")
     assert r.status_code == 201, r.text
@@ -142,7 +143,8 @@ def test_raw_create_then_fhir_read(bc: httpx.Client) -> None:
 
 
 def test_multi_megabyte_upload_is_streamed_intact(bc: httpx.Client, blob_dir: Path) -> None:
-    """A 5 MiB upload sent chunked (no Content-Length) is stored and read back byte for byte."""
+    """A 5 MiB upload sent chunked (no Content-Length) is stored and read back byte for byte.
+    http.html#binary; RFC 9112 §7.1 chunked transfer coding."""
     content = os.urandom(5 * 1024 * 1024 + 7)
 
     def chunks() -> Iterator[bytes]:
@@ -164,7 +166,8 @@ def test_multi_megabyte_upload_is_streamed_intact(bc: httpx.Client, blob_dir: Pa
 
 
 def test_over_the_limit_is_413_and_writes_nothing(bc: httpx.Client, blob_dir: Path, db: psycopg.Connection) -> None:
-    """FHIR_MAX_BINARY_BYTES: 413 OperationOutcome, no row, no blob and no partial file left."""
+    """FHIR_MAX_BINARY_BYTES: 413 OperationOutcome, no row, no blob and no partial file left.
+    RFC 9110 §15.5.14 413 Content Too Large."""
     rows, before = history_rows(db), blobs_on_disk(blob_dir)
     content = os.urandom(MAX_BYTES + 1)
     assert_outcome(upload(bc, content, "application/pdf"), 413, "too-costly")  # declared Content-Length
@@ -183,7 +186,8 @@ def test_over_the_limit_is_413_and_writes_nothing(bc: httpx.Client, blob_dir: Pa
 
 
 def test_disallowed_content_type_is_415(bc: httpx.Client, blob_dir: Path, db: psycopg.Connection) -> None:
-    """FHIR_BINARY_CONTENT_TYPES: active content (HTML, SVG, scripts) is refused by default, raw or as FHIR."""
+    """FHIR_BINARY_CONTENT_TYPES: active content (HTML, SVG, scripts) is refused by default, raw or as FHIR.
+    RFC 9110 §15.5.16 415 Unsupported Media Type."""
     rows, before = history_rows(db), blobs_on_disk(blob_dir)
     assert_outcome(upload(bc, b"<script>alert(1)</script>", "text/html"), 415, "not-supported")
     assert_outcome(upload(bc, b"<svg/>", "image/svg+xml"), 415, "not-supported")
@@ -238,7 +242,8 @@ def test_conditional_read_and_range(bc: httpx.Client) -> None:
 
 
 def test_client_cannot_plant_a_storage_extension(bc: httpx.Client) -> None:
-    """The storage extension is server-owned: a client's is replaced by the server's own."""
+    """The storage extension is server-owned: a client's is replaced by the server's own.
+    Spec: none for the extension, server-specific (README "Files (Binary)"); binary.html otherwise."""
     resource = {
         "resourceType": "Binary", "contentType": "text/plain", "data": base64.b64encode(b"x").decode(),
         "_data": {"extension": [{"url": STORAGE_EXTENSION, "extension": [{"url": "key", "valueString": "00/00/" + "0" * 32}]}]},
@@ -249,7 +254,8 @@ def test_client_cannot_plant_a_storage_extension(bc: httpx.Client) -> None:
 
 
 def test_patch_is_refused(bc: httpx.Client) -> None:
-    """Binary content changes by PUT; JSON Patch on it is 405."""
+    """Binary content changes by PUT; JSON Patch on it is 405.
+    http.html#patch; RFC 9110 §15.5.6 405 Method Not Allowed."""
     bid = upload(bc, b"abc", "text/plain").json()["id"]
     r = bc.patch(f"/Binary/{bid}", json=[{"op": "replace", "path": "/contentType", "value": "text/csv"}],
                  headers={"Content-Type": "application/json-patch+json"})
@@ -267,7 +273,8 @@ def test_search_by_id_shows_the_row_without_content(bc: httpx.Client) -> None:
 
 def test_auth_and_tenant_apply(bc: httpx.Client, binary_server: ServerProcess, database_url: str, client: httpx.Client) -> None:
     """Binary is guarded like every resource: no token 401, another tenant's token 403; the shared
-    ``client`` fixture's token works on the main test server."""
+    ``client`` fixture's token works on the main test server.
+    security.html; RFC 9110 §15.5.2 401 Unauthorized, §15.5.4 403 Forbidden."""
     bid = upload(bc, b"secret", "text/plain").json()["id"]
     assert_outcome(httpx.get(f"{binary_server.base}/Binary/{bid}"), 401)
     assert_outcome(httpx.post(f"{binary_server.base}/Binary", content=b"x", headers={"Content-Type": "text/plain"}), 401)
@@ -280,7 +287,8 @@ def test_auth_and_tenant_apply(bc: httpx.Client, binary_server: ServerProcess, d
 
 def test_blobs_gc_removes_only_old_unreferenced_blobs(bc: httpx.Client, blob_dir: Path, database_url: str) -> None:
     """`fhir-server blobs gc`: an orphan (e.g. left by a crash before commit) older than the
-    minimum age goes; referenced blobs, of every version, stay."""
+    minimum age goes; referenced blobs, of every version, stay.
+    Spec: none, server-specific maintenance CLI (README "Files (Binary)")."""
     content = os.urandom(25_000)
     key = storage(upload(bc, content, "application/pdf").json())["key"]
     orphan = blob_dir / "ff" / "ee" / ("ffee" + "0" * 28)
@@ -302,7 +310,8 @@ def test_blobs_gc_removes_only_old_unreferenced_blobs(bc: httpx.Client, blob_dir
 
 async def test_s3_blob_store_against_an_s3_compatible_server() -> None:
     """The optional S3 store (``pip install 'fhir-server[s3]'``) against moto's S3-compatible HTTP
-    server, when both are installed: multipart streaming, checksum, ranges, limit, listing, delete."""
+    server, when both are installed: multipart streaming, checksum, ranges, limit, listing, delete.
+    Spec: none, server-specific blob store (README "Files (Binary)"); ranges per RFC 9110 §14."""
     pytest.importorskip("aiobotocore")
     moto_server = pytest.importorskip("moto.server")
     from datetime import UTC, datetime, timedelta

@@ -101,7 +101,8 @@ def _ids(bundle: dict, mode: str | None = None) -> set[str]:
 
 # ---- facility scoping -------------------------------------------------------------------------------
 def test_bound_user_reads_own_and_tenant_wide_not_other_facility(world: World) -> None:
-    """Another facility's resource answers exactly like a missing one: 404 not-found."""
+    """Another facility's resource answers exactly like a missing one: 404 not-found.
+    http.html#read; security.html, Access Denied Response Handling."""
     c = world.ward_a
     for path in ("/Observation/obs-a", "/Observation/obs-ab", "/Observation/obs-shared", "/Patient/pat"):
         assert c.get(path).status_code == 200, path
@@ -134,6 +135,8 @@ def test_bound_user_search_omits_other_facility(world: World, query: str, expect
 
 
 def test_bound_user_includes_and_history_omit_other_facility(world: World) -> None:
+    """search.html#include / #revinclude, http.html#history, patient-operation-everything.html, resource-operation-
+    meta.html: only what the caller may see (security.html, Access Denied Response Handling)."""
     c = world.ward_a
     bundle = c.get("/Patient", params={"_id": "pat", "_revinclude": "Observation:subject"}).json()
     assert _ids(bundle) == {"Patient/pat", "Observation/obs-a", "Observation/obs-ab", "Observation/obs-shared"}
@@ -149,7 +152,9 @@ def test_bound_user_includes_and_history_omit_other_facility(world: World) -> No
 
 def test_bound_user_writes_are_labelled_and_kept_to_its_facilities(world: World) -> None:
     """A create gets the user's facility label; labelling another facility is 403; another
-    facility's resource cannot be updated, patched or deleted (404, as if missing)."""
+    facility's resource cannot be updated, patched or deleted (404, as if missing).
+    security-labels.html (meta.security), http.html#update / #patch / #delete; security.html, Access Denied Response
+    Handling."""
     c = world.ward_a
     r = c.post("/Observation", json=obs(None, "pat"))
     assert r.status_code == 201, r.text
@@ -175,6 +180,8 @@ def test_bound_user_writes_are_labelled_and_kept_to_its_facilities(world: World)
 
 
 def test_bound_user_conditional_and_transaction_do_not_match_other_facility(world: World) -> None:
+    """http.html#cdelete: conditional criteria match only visible resources; http.html#trules: a conditional reference
+    matching nothing visible is 412."""
     c = world.ward_a
     r = c.delete("/Observation", params={"_id": "obs-b"})
     assert r.status_code in (200, 204)
@@ -188,6 +195,7 @@ def test_bound_user_conditional_and_transaction_do_not_match_other_facility(worl
 
 
 def test_bound_user_bulk_export_has_only_visible(world: World) -> None:
+    """Bulk Data Access IG export.html#response---complete-status: the files hold only what the caller may read."""
     c = world.ward_a
     r = c.get("/$export", params={"_type": "Observation"}, headers=ASYNC)
     assert r.status_code == 202, r.text
@@ -199,6 +207,8 @@ def test_bound_user_bulk_export_has_only_visible(world: World) -> None:
 
 # ---- SMART patient context ------------------------------------------------------------------------
 def test_patient_context_sees_only_its_compartment(world: World) -> None:
+    """SMART App Launch scopes-and-launch-context.html (launch/patient, patient/ scopes): only the Patient's compartment
+    (compartmentdefinition-patient.html); the rest answers 404 (security.html, Access Denied Response Handling)."""
     c = world.patient_ctx
     assert c.get("/Patient/pat").status_code == 200
     assert c.get("/Observation/obs-b").status_code == 200  # facility labels do not narrow this token
@@ -212,6 +222,8 @@ def test_patient_context_sees_only_its_compartment(world: World) -> None:
 
 
 def test_patient_context_writes_only_into_its_compartment(world: World) -> None:
+    """SMART App Launch scopes-and-launch-context.html (patient/ scopes): writes only into the Patient's compartment
+    (compartmentdefinition-patient.html); others are 403."""
     c = world.patient_ctx
     r = c.post("/Observation", json=obs(None, "pat"))
     assert r.status_code == 201, r.text

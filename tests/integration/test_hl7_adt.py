@@ -4,7 +4,6 @@ attending), A08 update, A11/A13 cancels, A40 merge, the unknown-patient refuse p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,20 +15,16 @@ from tests.integration.test_hl7_support import (
     ack_code,
     ack_segment,
     counts,
+    listener_fixture,
     log_rows,
     msg,
     new_sender,
     resources,
-    running_listener,
     sample,
     with_sender,
 )
 
-
-@pytest.fixture(scope="module")
-async def listener(database_url: str) -> AsyncIterator[Any]:
-    async for server in running_listener(database_url):
-        yield server
+listener = listener_fixture()
 
 
 def adt(app: str, control: str, event: str, *, mrn: str = "MRN-7", visit: str = "V-100", bed: str = "12",
@@ -44,6 +39,8 @@ def adt(app: str, control: str, event: str, *, mrn: str = "MRN-7", visit: str = 
 
 
 async def test_a01_admit_creates_patient_and_encounter(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 3 (Patient Administration) §3.3.1 ADT^A01 Admit/Visit Notification: PID and PV1 (location/bed,
+    attending, visit number, admit time) become Patient, Encounter, Location and Practitioner."""
     app, _, tenant = new_sender(database_url, timezone="Asia/Kolkata")
     async with MLLPClient(listener.port) as c:
         ack = await c.send(adt(app, "A1", "A01"))
@@ -69,6 +66,8 @@ async def test_a01_admit_creates_patient_and_encounter(listener: Any, database_u
 
 
 async def test_a02_transfer_a03_discharge_a13_cancel_discharge(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 3 §3.3.2 A02 Transfer a Patient, §3.3.3 A03 Discharge/End Visit (PV1-45 discharge time), §3.3.13
+    A13 Cancel Discharge/End Visit."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         assert ack_code(await c.send(adt(app, "T1", "A01"))) == "AA"
@@ -87,6 +86,8 @@ async def test_a02_transfer_a03_discharge_a13_cancel_discharge(listener: Any, da
 
 
 async def test_a08_updates_demographics_and_a11_cancels_the_visit(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 3 §3.3.4 A04 Register a Patient, §3.3.8 A08 Update Patient Information, §3.3.11 A11 Cancel
+    Admit/Visit Notification."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         assert ack_code(await c.send(adt(app, "U1", "A04"))) == "AA"
@@ -101,6 +102,8 @@ async def test_a08_updates_demographics_and_a11_cancels_the_visit(listener: Any,
 
 
 async def test_a40_merge_links_the_prior_patient_replaced_by_the_survivor(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 3 §3.3.40 ADT^A40 Merge Patient - Patient Identifier List (MRG-1 prior identifier); FHIR R4
+    patient.html, Patient.link (replaced-by / replaces)."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         assert ack_code(await c.send(adt(app, "M1", "A01", mrn="OLD-1", visit="V-1"))) == "AA"
@@ -125,6 +128,8 @@ async def test_a40_merge_links_the_prior_patient_replaced_by_the_survivor(listen
 
 
 async def test_a40_with_an_unknown_prior_patient_is_ae_and_writes_nothing(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 3 §3.3.40 A40 Merge Patient; Ch. 2 (Control) MSA-1 AE with ERR-2 error location and ERR-3 code 204
+    Unknown key identifier (HL7 table 0357)."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         ack = await c.send(msg(
@@ -139,6 +144,8 @@ async def test_a40_with_an_unknown_prior_patient_is_ae_and_writes_nothing(listen
 
 
 async def test_unknown_patient_refused_by_policy_is_ae_with_err_and_nothing_written(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 2 (Control) acknowledgment: MSA-1 AE, ERR-2 error location PID-3, ERR-3 code 204 Unknown key
+    identifier (HL7 table 0357)."""
     app, _, tenant = new_sender(database_url, unknown_patient="refuse")
     async with MLLPClient(listener.port) as c:
         ack = await c.send(adt(app, "R1", "A01"))
@@ -150,6 +157,7 @@ async def test_unknown_patient_refused_by_policy_is_ae_with_err_and_nothing_writ
 
 
 async def test_v23_ack_uses_err_1(listener: Any, database_url: str) -> None:
+    """HL7 v2.3 Ch. 2 (Control) ERR segment: ERR-1 Error Code and Location (split into ERR-2/ERR-3 from v2.5)."""
     app, _, tenant = new_sender(database_url, unknown_patient="refuse")
     async with MLLPClient(listener.port) as c:
         ack = await c.send(adt(app, "R23", "A01", version="2.3"))
@@ -164,6 +172,8 @@ async def test_v23_ack_uses_err_1(listener: Any, database_url: str) -> None:
     "microsoft-fhir-converter/ADT-A11-01.hl7", "microsoft-fhir-converter/ADT-A13-01.hl7",
 ])
 async def test_sample_adt_messages_are_accepted(listener: Any, database_url: str, name: str) -> None:
+    """HL7 v2 Ch. 3 (Patient Administration) ADT events as real senders write them (HAPI and Microsoft FHIR-Converter
+    samples): answered AA (Ch. 2 acknowledgment)."""
     app, facility, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         ack = await c.send(with_sender(sample(name), app, facility))
@@ -172,7 +182,8 @@ async def test_sample_adt_messages_are_accepted(listener: Any, database_url: str
 
 
 def test_serve_with_mllp_port_writes_what_fhir_rest_reads(database_url: str) -> None:
-    """``fhir-server serve --mllp-port``: the listener beside the workers; read back over FHIR REST."""
+    """``fhir-server serve --mllp-port``: the listener beside the workers; read back over FHIR REST.
+    HL7 v2 MLLP Release 1 in, FHIR R4 http.html#search out."""
     import asyncio
 
     app, _, tenant = new_sender(database_url)

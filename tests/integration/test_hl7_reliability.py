@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -22,6 +21,7 @@ from tests.integration.test_hl7_support import (
     ack_code,
     ack_segment,
     counts,
+    listener_fixture,
     log_rows,
     msg,
     new_sender,
@@ -29,11 +29,7 @@ from tests.integration.test_hl7_support import (
     running_listener,
 )
 
-
-@pytest.fixture(scope="module")
-async def listener(database_url: str) -> AsyncIterator[Any]:
-    async for server in running_listener(database_url, hl7_max_message_bytes=4096, hl7_idle_timeout=2.0):
-        yield server
+listener = listener_fixture(hl7_max_message_bytes=4096, hl7_idle_timeout=2.0)
 
 
 def adt(app: str, control: str, *, mrn: str = "MRN-1", event: str = "A01") -> bytes:
@@ -60,6 +56,9 @@ def adt(app: str, control: str, *, mrn: str = "MRN-1", event: str = "A01") -> by
 async def test_malformed_input_is_answered_and_nothing_is_written(
     listener: Any, database_url: str, name: str, body: bytes | None, code: str, err_code: str
 ) -> None:
+    """HL7 v2.5.1 Ch. 2 (Control) acknowledgment: MSA-1 AR (AE for a field error) with ERR-3 HL7 error code (table 0357:
+    100 segment sequence error, 101 required field missing, 102 data type error, 200 unsupported message type, 201
+    unsupported event code) and ERR-8 User Message."""
     app, _, tenant = new_sender(database_url)
     h = f"MSH|^~\\&|{app}|LAB|EHR|HOSP|20240301083500||"
     bodies = {
@@ -84,6 +83,8 @@ async def test_malformed_input_is_answered_and_nothing_is_written(
 
 
 async def test_unconfigured_sender_is_refused_with_ar(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 2 (Control): an unknown MSH-3 Sending Application is rejected, MSA-1 AR with ERR-2 pointing at
+    MSH."""
     async with MLLPClient(listener.port) as c:
         ack = await c.send(adt("NOBODY", "N1"))
     assert ack_code(ack) == "AR"
@@ -91,6 +92,8 @@ async def test_unconfigured_sender_is_refused_with_ar(listener: Any, database_ur
 
 
 async def test_truncated_frame_is_ar_and_the_next_frame_still_works(listener: Any, database_url: str) -> None:
+    """HL7 v2 MLLP Release 1 framing (<SB> message <EB><CR>): a start block before the end block truncates the frame; it
+    is answered AR (Ch. 2), the next frame is processed."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         whole = adt(app, "TR2")
@@ -103,6 +106,7 @@ async def test_truncated_frame_is_ar_and_the_next_frame_still_works(listener: An
 
 
 async def test_frame_cut_by_disconnect_writes_nothing(listener: Any, database_url: str) -> None:
+    """HL7 v2 MLLP Release 1 framing: a frame never closed by <EB><CR> is no message; nothing is stored."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         await c.send_raw(SB + adt(app, "CUT1")[:80])
@@ -111,6 +115,8 @@ async def test_frame_cut_by_disconnect_writes_nothing(listener: Any, database_ur
 
 
 async def test_oversized_message_is_ar_and_the_connection_keeps_working(listener: Any, database_url: str) -> None:
+    """HL7 v2 MLLP Release 1 framing with the server's size limit: HL7 v2.5.1 Ch. 2 (Control) reject, MSA-1 AR; the
+    connection stays usable."""
     app, _, tenant = new_sender(database_url)
     big = adt(app, "BIG1") + b"NTE|1||" + b"x" * 10_000 + b"\r"
     async with MLLPClient(listener.port) as c:
@@ -121,6 +127,8 @@ async def test_oversized_message_is_ar_and_the_connection_keeps_working(listener
 
 
 async def test_garbage_and_idle_connections_are_closed_without_harming_others(listener: Any, database_url: str) -> None:
+    """HL7 v2 MLLP Release 1: a connection sending no MLLP frames is closed, an idle one times out (server-specific
+    limits); other connections are unaffected."""
     app, _, _ = new_sender(database_url)
     async with MLLPClient(listener.port) as good, MLLPClient(listener.port) as bad, MLLPClient(listener.port) as idle:
         await bad.send_raw(b"GET / HTTP/1.1\r\n" + b"\xff" * 5000)  # not MLLP at all
@@ -134,7 +142,8 @@ async def test_garbage_and_idle_connections_are_closed_without_harming_others(li
 async def test_message_is_stored_before_processing_and_aa_comes_after_commit(listener: Any, database_url: str) -> None:
     """Hold the lock the Patient's conditional create needs: the message row is already committed
     (status received) while nothing is written and no ACK has come; released, AA arrives and
-    everything it acknowledges is visible to another connection."""
+    everything it acknowledges is visible to another connection.
+    HL7 v2.5.1 Ch. 2 (Control) original acknowledgment: AA only once the message is committed."""
     app, _, tenant = new_sender(database_url)
     key = ResourceService(None, tenant, Actor("test")).lock_key(  # type: ignore[arg-type]
         IF_NONE_EXIST, "Patient", identifier_query({"system": "urn:hl7-v2:aa:HOSP", "value": "MRN-1"})
@@ -161,6 +170,8 @@ async def test_message_is_stored_before_processing_and_aa_comes_after_commit(lis
 
 
 def test_replay_reprocesses_messages_kept_with_errors(database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 2 (Control) acknowledgment of a replayed message (AA, then returned for repeats of its MSH-10);
+    ``hl7 replay`` itself is server-specific (README "HL7 v2 bridge")."""
     async def send(app: str) -> str:
         async for server in running_listener(database_url):
             async with MLLPClient(server.port) as c:
@@ -188,6 +199,8 @@ def test_replay_reprocesses_messages_kept_with_errors(database_url: str) -> None
 
 
 def test_sender_cli_add_list_remove(database_url: str) -> None:
+    """Spec: none, server-specific CLI (README "HL7 v2 bridge"); a sender is keyed by MSH-3 Sending Application and
+    MSH-4 Sending Facility (HL7 v2.5.1 Ch. 2)."""
     env = server_env(DATABASE_URL=database_url)
 
     def cli(*args: str) -> str:

@@ -3,7 +3,6 @@ versions not duplicates (preliminary → final → corrected), out-of-order arri
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,20 +11,16 @@ from tests.integration.test_hl7_support import (
     MLLPClient,
     ack_code,
     counts,
+    listener_fixture,
     log_rows,
     msg,
     new_sender,
     resources,
-    running_listener,
     sample,
     with_sender,
 )
 
-
-@pytest.fixture(scope="module")
-async def listener(database_url: str) -> AsyncIterator[Any]:
-    async for server in running_listener(database_url):
-        yield server
+listener = listener_fixture()
 
 
 def oru(app: str, control: str, status: str, value: str, *, when: str = "20240305101500", flag: str = "H",
@@ -46,6 +41,9 @@ def oru(app: str, control: str, status: str, value: str, *, when: str = "2024030
 
 
 async def test_oru_r01_writes_report_observations_specimen_and_order(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 7 (Observation Reporting) §7.3.1 ORU^R01 Unsolicited Transmission of an Observation Message: PID,
+    ORC/OBR, OBX (value, units, range, OBX-8 flags), NTE and SPM become Patient, ServiceRequest, DiagnosticReport,
+    Observation, Specimen and Practitioner; Ch. 2 (Control) escape sequences in text fields."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         ack = await c.send(oru(app, "C1", "F", "250"))
@@ -95,6 +93,8 @@ async def test_oru_r01_writes_report_observations_specimen_and_order(listener: A
 
 
 async def test_critical_flags_map_to_critical_interpretation(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 7 OBX-8 Abnormal Flags (HL7 table 0078, HH) -> FHIR R4 Observation.interpretation
+    (v3-ObservationInterpretation HH Critical high)."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         assert ack_code(await c.send(oru(app, "HH1", "F", "999", flag="HH"))) == "AA"
@@ -104,6 +104,8 @@ async def test_critical_flags_map_to_critical_interpretation(listener: Any, data
 
 
 async def test_preliminary_final_corrected_are_versions_of_the_same_resources(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 7 OBR-25 Result Status / OBX-11 Observation Result Status (HL7 tables 0123 / 0085: P, F, C); FHIR
+    R4 http.html#update: each status is a new version of the same resources."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         assert ack_code(await c.send(oru(app, "V1", "P", "240", when="20240305090000"))) == "AA"
@@ -121,6 +123,8 @@ async def test_preliminary_final_corrected_are_versions_of_the_same_resources(li
 
 
 async def test_preliminary_arriving_after_final_does_not_overwrite_it(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 7 OBR-25 / OBX-11 result status (HL7 tables 0123 / 0085): a preliminary arriving after the final
+    does not replace it."""
     app, _, tenant = new_sender(database_url)
     async with MLLPClient(listener.port) as c:
         assert ack_code(await c.send(oru(app, "O1", "F", "250", when="20240305100000"))) == "AA"
@@ -136,6 +140,8 @@ async def test_preliminary_arriving_after_final_does_not_overwrite_it(listener: 
 
 
 async def test_duplicate_control_id_returns_the_original_ack_and_writes_nothing(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 2 (Control) MSH-10 Message Control ID: a repeat of an acknowledged message gets the original ACK
+    and writes nothing."""
     app, _, tenant = new_sender(database_url)
     message = oru(app, "DUP1", "F", "250")
     async with MLLPClient(listener.port) as c:
@@ -151,6 +157,8 @@ async def test_duplicate_control_id_returns_the_original_ack_and_writes_nothing(
 
 
 async def test_concurrent_duplicates_process_once(listener: Any, database_url: str) -> None:
+    """HL7 v2.5.1 Ch. 2 (Control) MSH-10 Message Control ID: concurrent copies of one message are processed once, all
+    get the same ACK."""
     import asyncio
 
     app, _, tenant = new_sender(database_url)
@@ -171,6 +179,8 @@ async def test_concurrent_duplicates_process_once(listener: Any, database_url: s
      "microsoft-fhir-converter/LAB-ORU-2.hl7", "cdc-reportstream/valid_hl7.hl7", "cdc-reportstream/etor_ORU_20240220.hl7"],
 )
 async def test_sample_oru_messages_are_accepted(listener: Any, database_url: str, name: str) -> None:
+    """HL7 v2 Ch. 7 (Observation Reporting) ORU^R01 as real senders write them (Microsoft FHIR-Converter, CDC
+    ReportStream samples): one DiagnosticReport per OBR, one Observation per OBX under an OBR."""
     app, facility, tenant = new_sender(database_url)
     raw = with_sender(sample(name), app, facility)  # the sample as sent by a sender of this test
     from hl7_bridge.decode import decode, parse

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import pytest
 
 from hl7_bridge.mllp import CR, EB, SB
 
@@ -135,3 +136,14 @@ async def running_listener(database_url: str, **settings: Any) -> AsyncIterator[
     finally:
         await server.close()
         await db.close()
+
+
+def listener_fixture(**settings: Any) -> Any:
+    """A module-scoped ``listener`` fixture: ``running_listener`` with these ``settings``."""
+
+    @pytest.fixture(scope="module")
+    async def listener(database_url: str) -> AsyncIterator[Any]:
+        async for server in running_listener(database_url, **settings):
+            yield server
+
+    return listener

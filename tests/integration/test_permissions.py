@@ -124,6 +124,8 @@ MATRIX = [(role, case) for case in CASES for role in ROLES]
 def test_authorization_matrix(
     server: ServerProcess, tokens: dict[str, str], seed: dict[str, str], role: str, case: str
 ) -> None:
+    """SMART App Launch scopes-and-launch-context.html intersected with the roles (README "Roles and permissions"); a
+    refusal is RFC 9110 §15.5.4 403 with an OperationOutcome, issue.code forbidden (operationoutcome.html)."""
     method, template, body_key, allowed = CASES[case]
     path = template.format(**seed)
     body = _bodies(seed)[body_key] if body_key else None
@@ -142,6 +144,8 @@ def test_authorization_matrix(
 def test_refusal_names_role_interaction_and_type_and_is_audited(
     server: ServerProcess, tokens: dict[str, str], db: psycopg.Connection
 ) -> None:
+    """operationoutcome.html (issue.code forbidden, diagnostics naming what is missing); auditevent.html: the refusal is
+    audited (outcome 4)."""
     rid = f"perm-{uuid.uuid4().hex[:12]}"
     r = httpx.delete(f"{server.base}/Patient/x1", headers={**_headers(tokens["doctor"]), "X-Request-Id": rid})
     assert r.status_code == 403
@@ -170,6 +174,7 @@ def scoped(database_url: str, server: ServerProcess) -> Any:
 
 
 def test_patient_scope_v2_reads_but_cannot_create(server: ServerProcess, scoped: Any, seed: dict[str, str]) -> None:
+    """SMART App Launch v2 scopes-and-launch-context.html (patient/Observation.rs: read and search, no create)."""
     h = scoped("doctor", "openid fhirUser launch/patient patient/Observation.rs")
     assert httpx.get(f"{server.base}/Observation", params={"subject": f"Patient/{seed['patient']}"}, headers=h).status_code == 200
     r = httpx.post(f"{server.base}/Observation", json=_observation(seed["patient"]), headers=h)
@@ -179,6 +184,7 @@ def test_patient_scope_v2_reads_but_cannot_create(server: ServerProcess, scoped:
 
 
 def test_user_wildcard_cruds_does_not_widen_the_role(server: ServerProcess, scoped: Any, seed: dict[str, str]) -> None:
+    """SMART App Launch scopes-and-launch-context.html (user/*.cruds): scopes narrow the role, never widen it."""
     h = scoped("nurse", "user/*.cruds")
     r = httpx.delete(f"{server.base}/Patient/{seed['patient']}", headers=h)
     assert r.status_code == 403 and "nurse may not delete Patient" in r.text
@@ -186,6 +192,8 @@ def test_user_wildcard_cruds_does_not_widen_the_role(server: ServerProcess, scop
 
 
 def test_v1_scopes(server: ServerProcess, scoped: Any, seed: dict[str, str]) -> None:
+    """SMART App Launch scopes-and-launch-context.html, SMART v1 scope syntax (.read / .write); openid fhirUser alone
+    grants no data."""
     read_only = scoped("doctor", "user/Observation.read")
     assert httpx.get(f"{server.base}/Observation/{seed['observation']}", headers=read_only).status_code == 200
     assert httpx.post(f"{server.base}/Observation", json=_observation(seed["patient"]), headers=read_only).status_code == 403
@@ -196,6 +204,8 @@ def test_v1_scopes(server: ServerProcess, scoped: Any, seed: dict[str, str]) -> 
 
 
 def test_system_read_scope_is_read_only_even_for_admin(server: ServerProcess, scoped: Any, seed: dict[str, str]) -> None:
+    """SMART App Launch scopes-and-launch-context.html / backend-services.html (system/*.read): reads only, even for an
+    admin."""
     h = scoped("admin", "system/*.read")
     assert httpx.get(f"{server.base}/Patient/{seed['patient']}", headers=h).status_code == 200
     assert httpx.delete(f"{server.base}/Patient/nope-{seed['tag']}", headers=h).status_code == 403
@@ -216,6 +226,8 @@ def _bundle(kind: str, seed: dict[str, str], marker: str) -> dict[str, Any]:
 def test_transaction_with_a_forbidden_entry_fails_whole_naming_it(
     server: ServerProcess, tokens: dict[str, str], seed: dict[str, str], client: httpx.Client
 ) -> None:
+    """http.html#transaction: all or nothing; one forbidden entry fails the whole Bundle, named in
+    OperationOutcome.issue.expression."""
     marker = uuid.uuid4().hex
     r = httpx.post(server.base, json=_bundle("transaction", seed, marker), headers=_headers(tokens["lab-technician"]))
     assert r.status_code == 403, r.text
@@ -228,6 +240,7 @@ def test_transaction_with_a_forbidden_entry_fails_whole_naming_it(
 def test_batch_refuses_only_the_forbidden_entries(
     server: ServerProcess, tokens: dict[str, str], seed: dict[str, str]
 ) -> None:
+    """http.html#batch: entries are independent; the forbidden ones answer 403 with Bundle.entry.response.outcome."""
     r = httpx.post(server.base, json=_bundle("batch", seed, uuid.uuid4().hex), headers=_headers(tokens["lab-technician"]))
     assert r.status_code == 200, r.text
     statuses = [e["response"]["status"].split()[0] for e in r.json()["entry"]]
@@ -240,6 +253,7 @@ def test_batch_refuses_only_the_forbidden_entries(
 def test_includes_of_types_the_caller_may_not_read_are_dropped(
     server: ServerProcess, tokens: dict[str, str], seed: dict[str, str], client: httpx.Client
 ) -> None:
+    """search.html#include / #revinclude: included resources of types the caller may not read are left out."""
     params = [("_id", seed["encounter"]), ("_include", "Encounter:diagnosis"), ("_include", "Encounter:subject"),
               ("_revinclude", "Observation:encounter")]
     full = {e["resource"]["resourceType"] for e in client.get("/Encounter", params=params).json()["entry"]}
@@ -252,6 +266,7 @@ def test_includes_of_types_the_caller_may_not_read_are_dropped(
 def test_everything_returns_only_readable_types(
     server: ServerProcess, tokens: dict[str, str], seed: dict[str, str]
 ) -> None:
+    """patient-operation-everything.html: only the types the caller may read are returned."""
     r = httpx.get(f"{server.base}/Patient/{seed['patient']}/$everything", headers=_headers(tokens["billing-clerk"]))
     assert r.status_code == 200
     types = {e["resource"]["resourceType"] for e in r.json()["entry"]}
@@ -284,6 +299,8 @@ def reset_roles(client: httpx.Client) -> Iterator[None]:
 def test_cli_override_takes_effect_on_the_next_request_in_every_worker(
     server: ServerProcess, tokens: dict[str, str], seed: dict[str, str], database_url: str, reset_roles: None
 ) -> None:
+    """Spec: none, server-specific role administration (README "Roles and permissions"): a CLI override applies on the
+    next request in every worker."""
     assert os.environ.get("FHIR_WORKERS", "2") != "1"
     h = _headers(tokens["receptionist"])
     obs_url = f"{server.base}/Observation/{seed['observation']}"
@@ -303,6 +320,8 @@ def test_cli_override_takes_effect_on_the_next_request_in_every_worker(
 def test_admin_api_grants_and_resets(
     server: ServerProcess, tokens: dict[str, str], seed: dict[str, str], client: httpx.Client, reset_roles: None
 ) -> None:
+    """operations.html (system-level operations; $role-grant, $role-reset, $roles are server-specific, README "Roles and
+    permissions"); only an admin administers roles, others get 403."""
     h = _headers(tokens["billing-clerk"])
     url = f"{server.base}/Observation?subject=Patient/{seed['patient']}"
     assert _statuses(url, h, 4) == {403}
@@ -324,6 +343,8 @@ def test_admin_api_grants_and_resets(
 def test_fhir_user_is_the_recorded_actor_of_reads_and_writes(
     server: ServerProcess, database_url: str, seed: dict[str, str], db: psycopg.Connection
 ) -> None:
+    """SMART App Launch scopes-and-launch-context.html (fhirUser); auditevent.html (AuditEvent.agent.who): the user's
+    FHIR identity is the recorded actor."""
     practitioner = f"Practitioner/dr-{seed['tag']}"
     token = issue_token(database_url, tenant="default", role="doctor", subject="dr-login", **{"fhir-user": practitioner})
     rid_read, rid_write = f"perm-{uuid.uuid4().hex[:12]}", f"perm-{uuid.uuid4().hex[:12]}"

@@ -30,7 +30,8 @@ def _client(srv: ServerProcess, token: str) -> httpx.Client:
 
 def test_429_with_retry_after_per_user_shared_by_workers(limited: ServerProcess, database_url: str) -> None:
     """A user's reads beyond the limit are 429 with Retry-After and an OperationOutcome, whichever
-    worker process answers (the counters are in PostgreSQL); another user has its own budget."""
+    worker process answers (the counters are in PostgreSQL); another user has its own budget.
+    RFC 6585 §4 429 Too Many Requests, RFC 9110 §10.2.3 Retry-After, operationoutcome.html."""
     token = issue_token(database_url, tenant="default", role="admin", subject="rl-reader")
     with _client(limited, token) as c:
         # fresh connections spread the requests over both workers
@@ -48,6 +49,7 @@ def test_429_with_retry_after_per_user_shared_by_workers(limited: ServerProcess,
 
 
 def test_write_limit_refuses_without_writing(limited: ServerProcess, database_url: str, db) -> None:  # type: ignore[no-untyped-def]
+    """RFC 6585 §4 429 Too Many Requests: a refused write has no effect."""
     token = issue_token(database_url, tenant="default", role="admin", subject="rl-writer")
     with _client(limited, token) as c:
         for _ in range(2):
@@ -60,7 +62,7 @@ def test_write_limit_refuses_without_writing(limited: ServerProcess, database_ur
 
 def test_unauthenticated_requests_are_limited_by_ip(limited: ServerProcess) -> None:
     """Public paths count against the caller's IP (the fixture's start-up polls of /metadata
-    have spent some of the budget already)."""
+    have spent some of the budget already). RFC 6585 §4 429 Too Many Requests."""
     statuses = [httpx.get(f"{limited.base}/metadata").status_code for _ in range(6)]
     first = statuses.index(429)
     assert 1 <= first <= 4 and set(statuses[:first]) == {200} and set(statuses[first:]) == {429}
@@ -90,7 +92,9 @@ def test_cors_preflight_and_exposed_headers(limited: ServerProcess, database_url
 
 
 def test_wildcard_with_credentials_is_refused(database_url: str) -> None:
-    """Never a wildcard origin together with credentials: the server refuses to start."""
+    """Never a wildcard origin together with credentials: the server refuses to start.
+    Fetch standard, CORS protocol and credentials: a ``*`` Access-Control-Allow-Origin fails the CORS check of a
+    credentialed request."""
     env = server_env(DATABASE_URL=database_url, FHIR_CORS_ORIGINS="*", FHIR_CORS_ALLOW_CREDENTIALS="true")
     srv = ServerProcess(env, ["--workers", "1"])
     with pytest.raises(RuntimeError):
@@ -99,6 +103,7 @@ def test_wildcard_with_credentials_is_refused(database_url: str) -> None:
 
 
 def test_classify() -> None:
+    """Spec: none, server-specific request classes for the limits (README "CORS and rate limits")."""
     from fhir_server.ratelimit.middleware import classify, parse_limits
 
     assert classify("GET", "/fhir/Patient/1") == "read"

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SHARED_DATA, ServerProcess, issue_token, make_database, server_env
-from tests.integration.test_cli import run_cli
+from tests.conftest import SHARED_DATA
+from tests.integration.synthea import imported_server
 
 FOLDER = SHARED_DATA / "synthea" / "smart-generated-sample-data"
 FILES = [p for p in sorted(FOLDER.glob("*.json.gz")) if "Information" not in p.name][:5]
@@ -60,19 +60,7 @@ def data() -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def synthea(pg_admin_url: str, data: dict) -> Iterator[httpx.Client]:
-    url = make_database(pg_admin_url)
-    result = run_cli(url, "import", *map(str, FILES))
-    assert result.returncode == 0, result.stdout + result.stderr
-    srv = ServerProcess(server_env(DATABASE_URL=url))
-    srv.start()
-    try:
-        token = issue_token(url, tenant="default", role="admin")
-        with httpx.Client(
-            base_url=srv.base, headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}, timeout=60
-        ) as c:
-            yield c
-    finally:
-        srv.stop()
+    yield from imported_server(pg_admin_url, FILES)
 
 
 def _total(client: httpx.Client, path: str, params: dict[str, str]) -> int:

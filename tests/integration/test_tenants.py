@@ -101,7 +101,8 @@ def _ids(bundle: dict) -> set[str]:
 
 # ---- the URL and the token ----------------------------------------------------------------------
 def test_unknown_tenant_is_404_outcome(server: ServerProcess, token: str) -> None:
-    """An unknown tenant answers 404 with an OperationOutcome, its metadata too."""
+    """An unknown tenant answers 404 with an OperationOutcome, its metadata too.
+    http.html (RFC 9110 §15.5.5 404 Not Found) with operationoutcome.html (issue.code not-found)."""
     for path in ("/no-such-hospital/Patient", "/no-such-hospital/metadata"):
         r = httpx.get(server.base + path, headers={"Authorization": f"Bearer {token}"})
         assert_outcome(r, 404, "not-found")
@@ -116,7 +117,8 @@ def test_metadata_per_tenant_is_public(server: ServerProcess, tenants: tuple[Ten
 
 
 def test_token_of_another_tenant_is_refused(server: ServerProcess, tenants: tuple[Tenant, Tenant], token: str) -> None:
-    """A valid token for tenant A on /fhir/B/… is 403 (and the default tenant's on A's base)."""
+    """A valid token for tenant A on /fhir/B/… is 403 (and the default tenant's on A's base).
+    security.html; RFC 9110 §15.5.4 403 Forbidden."""
     a, b = tenants
     r = httpx.get(f"{server.base}/{b.id}/Patient/p1", headers={"Authorization": f"Bearer {a.token}"})
     assert_outcome(r, 403, "forbidden")
@@ -127,7 +129,8 @@ def test_token_of_another_tenant_is_refused(server: ServerProcess, tenants: tupl
 
 
 def test_links_carry_the_tenant(server: ServerProcess, tenants: tuple[Tenant, Tenant]) -> None:
-    """Location, fullUrl and paging links are under the tenant's base."""
+    """Location, fullUrl and paging links are under the tenant's base.
+    http.html#create (Location), bundle.html (Bundle.entry.fullUrl), search.html (paging links in Bundle.link)."""
     a, _ = tenants
     base = f"{server.base}/{a.id}"
     r = a.client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": a.marker}]})
@@ -271,7 +274,8 @@ def test_bulk_export_stays_in_the_tenant(tenants: tuple[Tenant, Tenant]) -> None
 
 
 def test_audit_rows_carry_the_request_tenant(tenants: tuple[Tenant, Tenant], db: psycopg.Connection) -> None:
-    """The audit trail records the tenant of the URL (reads through the sink, writes in their statement)."""
+    """The audit trail records the tenant of the URL (reads through the sink, writes in their statement).
+    auditevent.html (AuditEvent; IHE BALP)."""
     a, _ = tenants
     rid = f"tenant-audit-{uuid.uuid4().hex[:10]}"
     a.client.get("/Patient/p1", headers={"X-Request-Id": rid})
@@ -285,7 +289,8 @@ def test_audit_rows_carry_the_request_tenant(tenants: tuple[Tenant, Tenant], db:
 
 # ---- administration ---------------------------------------------------------------------------------
 def test_tenant_cli_create_and_list(database_url: str) -> None:
-    """`fhir-server tenant create ID --name N` and `tenant list`; bad and taken ids refused."""
+    """`fhir-server tenant create ID --name N` and `tenant list`; bad and taken ids refused.
+    Spec: none, server-specific CLI (README "Tenants and facilities")."""
     tid = f"cli-{uuid.uuid4().hex[:6]}"
     out = cli(database_url, "tenant", "create", tid, "--name", "CLI Hospital")
     assert out.returncode == 0, out.stderr
@@ -298,7 +303,8 @@ def test_tenant_cli_create_and_list(database_url: str) -> None:
 
 
 def test_tenant_admin_api(server: ServerProcess, client: httpx.Client, tenants: tuple[Tenant, Tenant]) -> None:
-    """[base]/$tenants: the default tenant's admin creates and lists; other callers get 403."""
+    """[base]/$tenants: the default tenant's admin creates and lists; other callers get 403.
+    operations.html (a system-level operation; $tenants itself is server-specific, README "Tenants and facilities")."""
     tid = f"api-{uuid.uuid4().hex[:6]}"
     body = {"resourceType": "Parameters", "parameter": [{"name": "id", "valueString": tid},
                                                          {"name": "name", "valueString": "API Hospital"}]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from collections.abc import Iterator
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -41,22 +42,28 @@ def same(a: Any, b: Any, key: str = "") -> bool:
     return type(a) is type(b) and a == b
 
 
-@cache
-def sd_order() -> dict[str, list[tuple[str, bool]]]:
-    """Element names in StructureDefinition order per type/backbone path, straight from the
-    official definitions (independent of the packaged table the converter uses)."""
-    out: dict[str, list[tuple[str, bool]]] = {}
+def _base_elements() -> Iterator[dict[str, Any]]:
+    """Snapshot elements (the root left out) of every base StructureDefinition in the official
+    definitions, in file and snapshot order."""
     for name in ("profiles-types.json.gz", "profiles-resources.json.gz"):
         with gzip.open(SHARED / name, "rt") as fh:
             for entry in json.load(fh)["entry"]:
                 sd = entry["resource"]
                 if sd.get("resourceType") != "StructureDefinition" or sd.get("derivation") == "constraint":
                     continue
-                for el in sd.get("snapshot", {}).get("element", [])[1:]:
-                    parent, _, leaf = el["path"].rpartition(".")
-                    out.setdefault(parent, []).append((leaf.removesuffix("[x]"), leaf.endswith("[x]")))
-                    if "contentReference" in el:
-                        out[el["path"]] = out.setdefault(el["contentReference"][1:], [])
+                yield from sd.get("snapshot", {}).get("element", [])[1:]
+
+
+@cache
+def sd_order() -> dict[str, list[tuple[str, bool]]]:
+    """Element names in StructureDefinition order per type/backbone path, straight from the
+    official definitions (independent of the packaged table the converter uses)."""
+    out: dict[str, list[tuple[str, bool]]] = {}
+    for el in _base_elements():
+        parent, _, leaf = el["path"].rpartition(".")
+        out.setdefault(parent, []).append((leaf.removesuffix("[x]"), leaf.endswith("[x]")))
+        if "contentReference" in el:
+            out[el["path"]] = out.setdefault(el["contentReference"][1:], [])
     return out
 
 
@@ -68,25 +75,19 @@ def _elem_type(parent_type: str, name: str) -> str | None:
 @cache
 def _types() -> dict[tuple[str, str], str]:
     out: dict[tuple[str, str], str] = {}
-    for fname in ("profiles-types.json.gz", "profiles-resources.json.gz"):
-        with gzip.open(SHARED / fname, "rt") as fh:
-            for entry in json.load(fh)["entry"]:
-                sd = entry["resource"]
-                if sd.get("resourceType") != "StructureDefinition" or sd.get("derivation") == "constraint":
-                    continue
-                for el in sd.get("snapshot", {}).get("element", [])[1:]:
-                    parent, _, leaf = el["path"].rpartition(".")
-                    codes = [t["code"] for t in el.get("type", [])]
-                    if "contentReference" in el:
-                        target = el["contentReference"][1:]
-                    elif codes and codes[0] in ("BackboneElement", "Element"):
-                        target = el["path"]
-                    else:
-                        target = None
-                    base = leaf.removesuffix("[x]")
-                    for code in codes or [""]:
-                        key = base + code[:1].upper() + code[1:] if leaf.endswith("[x]") else base
-                        out[(parent, key)] = target or code
+    for el in _base_elements():
+        parent, _, leaf = el["path"].rpartition(".")
+        codes = [t["code"] for t in el.get("type", [])]
+        if "contentReference" in el:
+            target = el["contentReference"][1:]
+        elif codes and codes[0] in ("BackboneElement", "Element"):
+            target = el["path"]
+        else:
+            target = None
+        base = leaf.removesuffix("[x]")
+        for code in codes or [""]:
+            key = base + code[:1].upper() + code[1:] if leaf.endswith("[x]") else base
+            out[(parent, key)] = target or code
     return out
 
 

@@ -54,6 +54,14 @@ def _rt(request: Request) -> OAuthRuntime:
     return rt
 
 
+async def _body_with(request: Request, required: tuple[str, ...], message: str) -> dict[str, Any]:
+    """The JSON object body; BadRequest(``message``) unless each of ``required`` is a string in it."""
+    body = await _body(request)
+    if not all(isinstance(body.get(k), str) for k in required):
+        raise BadRequest(message)
+    return body
+
+
 async def _call(request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return await _rt(request).with_conn(lambda conn: fn(conn, *args, **kwargs))
@@ -68,9 +76,7 @@ async def list_users(request: Request) -> Response:
 
 async def add_user(request: Request) -> Response:
     tenant = _tenant(request)
-    body = await _body(request)
-    if not all(isinstance(body.get(k), str) for k in ("username", "password", "role")):
-        raise BadRequest("username, password and role are required strings")
+    body = await _body_with(request, ("username", "password", "role"), "username, password and role are required strings")
     user = await _call(request, users.add_user, tenant=tenant, username=body["username"], password=body["password"],
                        role=body["role"], fhir_user=body.get("fhirUser"), facilities=body.get("facilities"))
     return JSONResponse(user.to_json(), status_code=201)
@@ -100,9 +106,7 @@ async def list_clients(request: Request) -> Response:
 
 async def add_client(request: Request) -> Response:
     tenant = _tenant(request)
-    b = await _body(request)
-    if not isinstance(b.get("client_id"), str) or not isinstance(b.get("type"), str):
-        raise BadRequest("client_id and type are required strings")
+    b = await _body_with(request, ("client_id", "type"), "client_id and type are required strings")
     client = await _call(
         request, clients.add_client, tenant=tenant, client_id=b["client_id"], client_type=b["type"],
         name=str(b.get("name", "")), redirect_uris=b.get("redirect_uris"), scope=str(b.get("scope", "")),
