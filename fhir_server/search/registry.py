@@ -6,6 +6,11 @@
 every resource type, ``DomainResource`` ones (``_text``) to every type but Bundle, Binary and
 Parameters (https://hl7.org/fhir/R4/search.html#all).
 
+The project's own SearchParameters (extensions of the Ayurvedic/homeopathic medicine profiles, the OPD
+queue token…) are packaged as one JSON SearchParameter resource per file in
+``fhir_server/definitions/project/searchparameters/`` and load with the core ones: every tenant has
+them, like the R4 ones.
+
 A tenant's own SearchParameter resources are laid over the core ones with ``overlay`` (see
 ``fhir_server.search.custom``, which keeps one overlay per tenant up to date).
 """
@@ -22,6 +27,7 @@ from typing import Any
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 
 DATA_FILE = Path(__file__).resolve().parent.parent / "definitions" / "data" / "search-parameters.json.gz"
+PROJECT_DIR = Path(__file__).resolve().parent.parent / "definitions" / "project" / "searchparameters"
 _NOT_DOMAIN = frozenset({"Bundle", "Binary", "Parameters"})
 
 
@@ -84,10 +90,10 @@ class SearchParamRegistry:
         self.plans: dict[tuple[str, str], Any] = {}
 
     @classmethod
-    def load(cls, path: Path = DATA_FILE) -> SearchParamRegistry:
+    def load(cls, path: Path = DATA_FILE, project_dir: Path | None = PROJECT_DIR) -> SearchParamRegistry:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             raw = json.load(f)
-        return cls([SearchParam.from_json(r) for r in raw])
+        return cls([SearchParam.from_json(r) for r in raw + project_search_parameters(project_dir)])
 
     def for_type(self, resource_type: str) -> dict[str, SearchParam]:
         """Every parameter that applies to ``resource_type`` (empty for an unknown type), by code."""
@@ -114,6 +120,19 @@ class SearchParamRegistry:
         registry = SearchParamRegistry(self.params + list(custom.values()))
         registry.custom = dict(custom)
         return registry
+
+
+def project_search_parameters(directory: Path | None = PROJECT_DIR) -> list[dict[str, Any]]:
+    """The packaged project SearchParameter resources (sorted by file name; none if no directory)."""
+    if directory is None or not directory.is_dir():
+        return []
+    out = []
+    for file in sorted(directory.glob("*.json")):
+        resource = json.loads(file.read_text(encoding="utf-8"))
+        if resource.get("resourceType") != "SearchParameter":
+            raise RuntimeError(f"{file}: not a SearchParameter")
+        out.append(resource)
+    return out
 
 
 @cache
