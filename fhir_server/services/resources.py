@@ -29,6 +29,7 @@ from fhir_server.errors import (
     VersionConflict,
 )
 from fhir_server.search.custom import pinned_registry, tenant_registry
+from fhir_server.services import hooks
 from fhir_server.services.conditional import find_matches
 from fhir_server.services.validate import check_resource
 from fhir_server.storage import repository as repo
@@ -163,7 +164,7 @@ class ResourceService:
         """create (http.html#create); conditional create with If-None-Exist (http.html#ccreate)."""
         check_resource(resource_type, resource, id_required=False)
         if if_none_exist is None:
-            async with self.db.connection() as conn:
+            async with self._session(resource_type) as conn:
                 return await self.create_in(conn, resource_type, resource)
         async with self.db.transaction() as conn:
             return await self.create_in(conn, resource_type, resource, if_none_exist=if_none_exist)
@@ -197,11 +198,14 @@ class ResourceService:
     ) -> StoredVersion | None:
         last_updated = _next_instant(None)
         prepare_write(self.access, resource, None)
+        event = self._guard(resource_type, resource_id, None, resource, method)
         text = _stamp(resource, resource_id, 1, last_updated)
         version = StoredVersion(resource_type, resource_id, 1, last_updated, False, text, method)
         rows = await _index_rows(conn, self.tenant, resource)
         self._check_compartment(resource_type, resource_id, rows)
         if await repo.insert_first(conn, self.tenant, version, rows, self.actor):
+            if event is not None:
+                await self._after(conn, event)
             return version
         return None
 
@@ -212,6 +216,7 @@ class ResourceService:
         many (a transaction's POST entries) writes them together with ``insert_many_in``."""
         last_updated = _next_instant(None)
         prepare_write(self.access, resource, None)
+        self._guard(resource_type, resource_id, None, resource, "POST")
         text = _stamp(resource, resource_id, 1, last_updated)
         rows = await _index_rows(conn, self.tenant, resource)
         self._check_compartment(resource_type, resource_id, rows)
@@ -225,6 +230,11 @@ class ResourceService:
         written = await repo.insert_many(conn, self.tenant, versions, rows, actors)
         if written != len(versions):
             raise VersionConflict("A resource id chosen for this request exists already; try again")
+        for version, actor in zip(versions, actors, strict=True):
+            if hooks.has_after(version.resource_type):
+                event = hooks.WriteEvent(self.tenant, version.resource_type, version.id, None,
+                                         orjson.loads(version.content or "{}"), version.method, actor)
+                await self._after(conn, event, actor)
 
     async def _write_next(
         self, conn: Any, current: StoredVersion, resource: dict[str, Any] | None, method: str
@@ -234,14 +244,45 @@ class ResourceService:
         next_id = current.version_id + 1
         if resource is not None:
             prepare_write(self.access, resource, None if current.deleted else current.content)
+        event = None
+        if hooks.has_hooks(current.resource_type):
+            before = None if current.deleted or not current.content else orjson.loads(current.content)
+            event = self._guard(current.resource_type, current.id, before, resource, method)
         text = _stamp(resource, current.id, next_id, last_updated) if resource is not None else None
         version = StoredVersion(current.resource_type, current.id, next_id, last_updated, resource is None, text, method)
         rows = await _index_rows(conn, self.tenant, resource) if resource is not None else None
         if rows is not None:
             self._check_compartment(current.resource_type, current.id, rows)
         if await repo.replace_version(conn, self.tenant, version, current.version_id, rows, self.actor):
+            if event is not None:
+                await self._after(conn, event)
             return version
         return None
+
+    # ---- write hooks (fhir_server.services.hooks) -------------------------------------------
+    def _session(self, resource_type: str) -> Any:
+        """The connection for a single-resource interaction: a transaction when after-write hooks
+        must commit with the write, else the plain connection (one statement, autocommitted)."""
+        return self.db.transaction() if hooks.has_after(resource_type) else self.db.connection()
+
+    def _guard(
+        self, resource_type: str, resource_id: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
+        method: str,
+    ) -> hooks.WriteEvent | None:
+        """Run the type's guards (they raise to refuse); the event for the after-write hooks, or None."""
+        if not hooks.has_hooks(resource_type):
+            return None
+        event = hooks.WriteEvent(self.tenant, resource_type, resource_id, before, after, method, self.actor)
+        for check in hooks.guards_for(resource_type):
+            check(event)
+        return event
+
+    async def _after(self, conn: Any, event: hooks.WriteEvent, actor: Actor | None = None) -> None:
+        afters = hooks.afters_for(event.resource_type)
+        if afters:
+            bound = self.on(conn, actor)
+            for fn in afters:
+                await fn(conn, bound, event)
 
     def _check_compartment(self, resource_type: str, resource_id: str, rows: Any) -> None:
         if self.access.patient is not None:
@@ -267,7 +308,7 @@ class ResourceService:
                 f"Resource id '{resource.get('id')}' does not match the id '{resource_id}' in the URL",
                 expression=f"{resource_type}.id",
             )
-        async with self.db.connection() as conn:
+        async with self._session(resource_type) as conn:
             return await self.update_in(conn, resource_type, resource_id, resource, if_match)
 
     async def update_in(
@@ -303,7 +344,7 @@ class ResourceService:
         """Conditional update (http.html#cond-update): 0 matches create, 1 updates, more is 412."""
         check_resource(resource_type, resource, id_required=False)
         if if_match is None:
-            async with self.db.connection() as conn:
+            async with self._session(resource_type) as conn:
                 done = await self._update_single_match(conn, resource_type, query, resource)
             if done is not None:
                 return done
@@ -356,7 +397,7 @@ class ResourceService:
         self, resource_type: str, resource_id: str, patch: Any, *, if_match: int | None = None
     ) -> WriteResult:
         """patch with JSON Patch (http.html#patch); the patched resource is validated like an update."""
-        async with self.db.connection() as conn:
+        async with self._session(resource_type) as conn:
             return await self.patch_in(conn, resource_type, resource_id, patch, if_match)
 
     async def patch_in(
@@ -394,7 +435,7 @@ class ResourceService:
 
         Returns the deletion version, or None when the resource was already deleted.
         """
-        async with self.db.connection() as conn:
+        async with self._session(resource_type) as conn:
             return await self.delete_in(conn, resource_type, resource_id)
 
     async def delete_in(
