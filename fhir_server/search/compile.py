@@ -40,6 +40,7 @@ from typing import Any
 from fhir_server.auth.visibility import Access
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import InvalidSearch, Issue
+from fhir_server.search.cardinality import single_valued
 from fhir_server.search.chain import chain_sql, has_sql
 from fhir_server.search.composite import composite_sql
 from fhir_server.search.normalize import normalize, token_key, truncate_utf8, url_key
@@ -115,7 +116,8 @@ def build_where(
     b = _Builder(resource_type, registry or get_registry(), base_url, now)
     b.terminology = terminology
     b.access = access  # chain targets and _has sources are limited to what the caller may see
-    clauses = [c for name, value in params if (c := b.parameter(name, value)) is not None]
+    clauses, params = b.merged_dates(params)
+    clauses += [c for name, value in params if (c := b.parameter(name, value)) is not None]
     sql = " AND ".join(clauses) if clauses else "TRUE"
     return SearchWhere(sql=sql, binds=b.binds, warnings=b.warnings)
 
@@ -156,6 +158,29 @@ class _Builder:
 
     def warn(self, message: str) -> None:
         self.warnings.append(Issue("warning", "not-supported", message))
+
+    def merged_dates(self, params: list[tuple[str, str]]) -> tuple[list[str], list[tuple[str, str]]]:
+        """Repeated criteria (AND) on a single-valued date element — ``birthdate=ge…&birthdate=lt…``
+        — as ONE ``EXISTS`` whose row satisfies them all (``fhir_server.search.cardinality``); the
+        clauses and the parameters left for ``parameter``."""
+        groups: dict[str, list[int]] = {}
+        for i, (name, value) in enumerate(params):
+            if value and "," not in value and name.isalnum():
+                groups.setdefault(name, []).append(i)
+        clauses: list[str] = []
+        merged: set[int] = set()
+        for name, positions in groups.items():
+            if len(positions) < 2:
+                continue
+            sp = self.registry.get(self.resource_type, name)
+            if sp is None or sp.type != "date" or not single_valued(self.resource_type, sp.expression):
+                continue
+            conds = [self.date_condition(sp, name, "", params[i][1]) for i in positions]
+            clauses.append(self.exists(_TABLES["date"], self.bind(sp.code), " AND ".join(_paren(c) for c in conds)))
+            merged.update(positions)
+        if not merged:
+            return [], params
+        return clauses, [p for i, p in enumerate(params) if i not in merged]
 
     # -- one query parameter ----------------------------------------------------------------
     def parameter(self, raw_name: str, value: str) -> str | None:
