@@ -98,6 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # SMART on FHIR: /auth/*, .well-known, /admin (fhir_server/auth/oauth); its verifier checks bearer tokens
     oauth_runtime = oauth.install(app, settings, database_url)
+    from hl7_bridge import admin_api as hl7_admin_api  # /admin/hl7/messages: the HL7 v2 message log (issue 6)
+
+    hl7_admin_api.install(app)
     verifier = None if settings.dev_mode else oauth_runtime.verifier
     app.add_middleware(RateLimit, policy=RatePolicy.from_settings(settings))  # inside auth: knows the user
     app.add_middleware(BearerAuth, verifier=verifier)

@@ -46,7 +46,8 @@ def _operations(base_url: str) -> tuple[list[dict[str, str]], dict[str, list[dic
 
     system: list[dict[str, str]] = []
     by_type: dict[str, list[dict[str, str]]] = {}
-    for name, op in sorted(registered().items()):
+    for op in sorted(registered(), key=lambda o: o.name):
+        name = op.name
         if "system" in op.levels:
             system.append({"name": name, "definition": operation_definition_url(name, op.handler, None, base_url)})
         if "type" in op.levels or "instance" in op.levels:

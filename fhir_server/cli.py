@@ -88,6 +88,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from hl7_bridge.cli import start_mllp_child
 
             mllp = start_mllp_child(url, args.mllp_host, args.mllp_port)
+        outbox = None
+        if getattr(args, "hl7_outbox", False):  # one HL7 outbound dispatcher process (hl7_bridge/README.md "Outbound")
+            from hl7_bridge.outbound.cli import start_outbox_child
+
+            outbox = start_outbox_child(url)
         try:
             uvicorn.run("fhir_server.app:create_app", host=args.host, port=args.port, workers=args.workers, **UVICORN_OPTIONS)
         finally:
@@ -95,6 +100,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 from hl7_bridge.cli import stop_mllp_child
 
                 stop_mllp_child(mllp)
+            if outbox is not None:
+                from hl7_bridge.cli import stop_mllp_child as stop_child
+
+                stop_child(outbox)
     return 0
 
 
@@ -374,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-migrate", action="store_true", help="with DATABASE_URL: do not apply migrations on start")
     serve.add_argument("--mllp-port", type=int, default=None, help="also run the HL7 v2 MLLP listener on this port")
     serve.add_argument("--mllp-host", default="127.0.0.1", help="the MLLP listener's address (default 127.0.0.1)")
+    serve.add_argument("--hl7-outbox", action="store_true", help="also run the HL7 v2 outbound order dispatcher")
     serve.set_defaults(func=cmd_serve)
 
     db = with_data_dir(sub.add_parser("db", help="database schema"))
@@ -478,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hl7_bridge.cli import add_hl7_parser
 
     add_hl7_parser(sub, with_data_dir)  # hl7 listen | sender | messages | replay
+    from fhir_server.workflows.appointments.cli import add_parser as add_appointments_parser
+
+    add_appointments_parser(sub, with_data_dir)  # appointments mark-noshows
     return parser
 
 

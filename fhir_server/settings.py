@@ -94,3 +94,6 @@ class Settings(BaseSettings):
     hl7_tls_key: Path | None = None
     hl7_tls_client_ca: Path | None = None  # PEM CA bundle: client certificates required and verified
     hl7_pool_max_size: int = Field(default=10, ge=1)  # PostgreSQL connections of the listener process
+    # OPD appointments (fhir_server/workflows/appointments/README.md)
+    noshow_grace_minutes: int = Field(default=15, ge=0)  # booked → noshow only this long after the start
+    opd_timezone: str = "Asia/Kolkata"  # the local day of the OPD queue tokens

@@ -63,26 +63,30 @@ def cmd_sender(args: argparse.Namespace) -> int:
 
 
 def cmd_messages(args: argparse.Namespace) -> int:
-    """The message log, newest first (never the message bodies)."""
+    """The message log, newest first (never the message bodies; ``GET /admin/hl7/messages/{id}`` shows one,
+    audited)."""
+    from datetime import datetime
+
+    from hl7_bridge import inbox
+
+    def instant(value: str | None) -> datetime | None:
+        if not value:
+            return None
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise SystemExit(f"not an ISO 8601 date/time: {value}") from None
+        return dt if dt.tzinfo is not None else dt.astimezone()
+
+    criteria = inbox.MessageFilter(status=args.status, message_type=args.type, control_id=args.control_id,
+                                   sender=args.sender, since=instant(args.since), until=instant(args.until),
+                                   tenant=args.tenant)
 
     async def run(url: str) -> int:
-        sql = ("SELECT id, received_at, tenant_id, sending_app, sending_facility, control_id, message_type, status, "
-               "ack_code, error_location, error, attempts, resources FROM hl7_message WHERE true")
-        binds: list[Any] = []
-        if args.status:
-            sql += " AND status = %s"
-            binds.append(args.status)
-        if args.control_id:
-            sql += " AND control_id = %s"
-            binds.append(args.control_id)
-        sql += " ORDER BY id DESC LIMIT %s"
-        binds.append(args.limit)
-        cols = ["id", "received_at", "tenant", "sending_app", "sending_facility", "control_id", "type", "status",
-                "ack_code", "error_location", "error", "attempts", "resources"]
+        names = {"tenant_id": "tenant", "message_type": "type"}
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            cur = await conn.execute(sql, binds)
-            for row in await cur.fetchall():
-                print(json.dumps(dict(zip(cols, row, strict=True)), default=str))
+            for row in await inbox.search(conn, criteria, args.limit):
+                print(json.dumps({names.get(k, k): v for k, v in row.items()}, default=str))
         return 0
 
     with _db(args) as url:
@@ -154,6 +158,11 @@ def add_hl7_parser(sub: Any, with_data_dir: Any) -> None:
     msgs = with_data_dir(hsub.add_parser("messages", help="the message log, newest first"))
     msgs.add_argument("--status", choices=["received", "processed", "error"])
     msgs.add_argument("--control-id")
+    msgs.add_argument("--type", help="MSH-9: SIU or SIU^S12")
+    msgs.add_argument("--sender", help="APP or APP@FACILITY (MSH-3, MSH-4)")
+    msgs.add_argument("--since", help="received at or after (ISO 8601)")
+    msgs.add_argument("--until", help="received before (ISO 8601)")
+    msgs.add_argument("--tenant", help="only this tenant's messages and its senders'")
     msgs.add_argument("--limit", type=int, default=50)
     msgs.set_defaults(func=cmd_messages)
 
@@ -162,6 +171,10 @@ def add_hl7_parser(sub: Any, with_data_dir: Any) -> None:
     group.add_argument("--id", type=int)
     group.add_argument("--status", choices=["error", "received"])
     replay.set_defaults(func=cmd_replay)
+
+    from hl7_bridge.outbound.cli import add_outbound_parsers  # hl7 destination | outbox (outbound orders)
+
+    add_outbound_parsers(hsub, with_data_dir)
 
 
 def start_mllp_child(url: str, host: str, port: int) -> subprocess.Popen[bytes]:

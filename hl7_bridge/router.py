@@ -11,6 +11,8 @@ from importlib import resources
 from typing import Any
 
 from hl7_bridge.handlers import adt, oru
+from hl7_bridge.handlers import siu
+from hl7_bridge.handlers import orders, radiology
 from hl7_bridge.handlers.common import HandlerContext, Work
 
 __all__ = ["HANDLERS", "Route", "find_route", "routes"]
@@ -21,6 +23,9 @@ HANDLERS: dict[str, Handler] = {
     "adt": adt.handle,
     "adt_merge": adt.merge,
     "oru_lab": oru.handle,
+    "siu": siu.handle,
+    "orders": orders.handle,
+    "mdm_report": radiology.mdm,
 }
 
 Route = dict[str, Any]

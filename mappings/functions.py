@@ -166,3 +166,35 @@ def authority_system(namespace: str, universal_id: str, universal_type: str, sys
     if ns:
         return f"urn:hl7-v2:aa:{quote(ns, safe='')}"
     return fallback
+
+
+# ---- durations (SIU: AIS-5..-8, AIG-9..-12, AIL-7..-10, AIP-7..-10; SCH-9/SCH-10) ---------------
+_UNIT_SECONDS = {
+    "s": 1, "sec": 1, "second": 1, "seconds": 1, "min": 60, "minute": 60, "minutes": 60, "m": 60,
+    "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
+    "wk": 604800, "week": 604800, "weeks": 604800,
+}
+
+
+def duration_seconds(amount: str, unit: str) -> int:
+    """An NM amount in CNE units (ISO+/ANSI/UCUM: ``s``, ``min``, ``h``, ``d``, ``wk``; default
+    minutes, the unit SIU assumes) → seconds."""
+    factor = _UNIT_SECONDS.get((unit or "min").strip().lower())
+    if factor is None:
+        raise MappingError(f"'{unit}' is not a duration unit (s, min, h, d, wk)")
+    return int(Decimal(str(decimal_of(amount))) * factor)
+
+
+def shift_datetime(value: str, seconds: int) -> str:
+    """A FHIR dateTime with a time and zone (as ``dtm_to_datetime`` writes it) moved by ``seconds``,
+    written the same way in the same offset."""
+    dt = datetime.fromisoformat(value) + timedelta(seconds=seconds)
+    frac = f".{dt.microsecond:06d}".rstrip("0") if dt.microsecond else ""
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + _offset(dt)
+
+
+def minutes_between(start: str, end: str) -> int:
+    """Whole minutes from one FHIR dateTime (with time and zone) to another."""
+    a = datetime.fromisoformat(start)
+    b = datetime.fromisoformat(end)
+    return int((b - a).total_seconds() // 60)

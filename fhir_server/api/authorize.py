@@ -94,10 +94,10 @@ def _types_param(request: Request) -> list[str]:
     return [t.strip() for v in request.query_params.getlist("_type") for t in v.split(",") if t.strip()]
 
 
-def _operation_read_only(name: str) -> bool | None:
-    from fhir_server.api.operations import registered
+def _operation_read_only(name: str, level: str, resource_type: str | None) -> bool | None:
+    from fhir_server.api.operations import find
 
-    op = registered().get(name)
+    op = find(name, level, resource_type)  # type: ignore[arg-type]
     return None if op is None else not op.affects_state
 
 
@@ -117,8 +117,10 @@ def check(perm: Permission, shape: str, params: list[str], method: str, types: l
         return
     if shape.endswith("$"):
         name = params[-1].lstrip("$")
-        read_only = _operation_read_only(name)
-        if read_only is None or (len(params) > 1 and params[0] not in RESOURCE_TYPES):
+        level = ("system", "type", "instance")[min(len(params), 3) - 1]
+        rtype = params[0] if len(params) > 1 else None
+        read_only = _operation_read_only(name, level, rtype) if rtype is None or rtype in RESOURCE_TYPES else None
+        if read_only is None:
             return  # not an operation of this server: the handler answers 404
         require_operation(perm, name, params[0] if len(params) > 1 else None, read_only=read_only)
         return

@@ -91,7 +91,15 @@ class Operation:
     affects_state: bool
 
 
-_REGISTRY: dict[str, Operation] = {}
+    def applies(self, level: Level, resource_type: str | None) -> bool:
+        if level not in self.levels:
+            return False
+        return level == "system" or self.types is None or resource_type in self.types
+
+
+# several operations may share a name on different types (Appointment/$check-in, Encounter/$check-in
+# from other modules): one list per name; two registrations that overlap fail at import
+_REGISTRY: dict[str, list[Operation]] = {}
 
 
 def operation(
@@ -103,14 +111,26 @@ def operation(
     affects_state: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        _REGISTRY[name] = Operation(name, handler, levels, types, methods, affects_state)
+        new = Operation(name, handler, levels, types, methods, affects_state)
+        for old in _REGISTRY.get(name, ()):
+            shared = set(old.levels) & set(levels)
+            if "system" in shared or (shared and (old.types is None or types is None or set(old.types) & set(types))):
+                raise RuntimeError(f"${name} is registered twice for the same level and type "
+                                   f"({old.handler.__module__} and {handler.__module__})")
+        _REGISTRY.setdefault(name, []).append(new)
         return handler
 
     return register
 
 
-def registered() -> dict[str, Operation]:
-    return dict(_REGISTRY)
+def registered() -> list[Operation]:
+    """Every registered operation (one name may appear several times, for different types)."""
+    return [op for ops in _REGISTRY.values() for op in ops]
+
+
+def find(name: str, level: Level, resource_type: str | None) -> Operation | None:
+    """The operation ``name`` at ``level`` on ``resource_type`` (None: the system level)."""
+    return next((op for op in _REGISTRY.get(name, ()) if op.applies(level, resource_type)), None)
 
 
 async def _params(request: Request) -> tuple[list[tuple[str, Any]], Any]:
@@ -132,11 +152,11 @@ async def _params(request: Request) -> tuple[list[tuple[str, Any]], Any]:
 
 
 async def invoke(request: Request, name: str, level: Level, resource_type: str | None, resource_id: str | None) -> Response:
-    op = _REGISTRY.get(name)
     where = f"{resource_type or ''}{'/' + resource_id if resource_id else ''}/${name}".lstrip("/")
     if resource_type is not None:
         checked_type(resource_type)
-    if op is None or level not in op.levels or (op.types is not None and resource_type not in op.types):
+    op = find(name, level, resource_type)
+    if op is None:
         raise ResourceNotFound(f"The operation ${name} is not known at {where}")
     method = request.method if request.method != "HEAD" else "GET"
     if method not in op.methods:

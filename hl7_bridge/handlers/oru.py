@@ -11,6 +11,9 @@ Out-of-order arrival: a group is applied unless its status ranks below the store
 (registered < partial/preliminary < final < corrected/amended; entered-in-error above all), or it
 ranks the same and its OBR-22 (else MSH-7) is older than the stored ``issued``. A skipped group
 is still acknowledged AA (the sender did nothing wrong) and the log row says why nothing changed.
+
+Radiology groups (sender option ``category: RAD``, else OBR-24 an imaging section) go to
+``radiology.oru_group`` instead: report text and ImagingStudy rather than Observations.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from fhir_server.errors import ResourceGone, ResourceNotFound
 from fhir_server.services.resources import COND_UPDATE
 from hl7_bridge.decode import Segment
+from hl7_bridge.handlers import radiology
 from hl7_bridge.handlers.adt import practitioner_ref
 from hl7_bridge.handlers.common import HandlerContext, Work, identifier_query
 from hl7_bridge.mapper import vocab
@@ -45,7 +49,7 @@ def groups(segments: list[Segment]) -> list[dict[str, Any]]:
         if seg.name == "ORC":
             pending_orc = seg
         elif seg.name == "OBR":
-            current = {"orc": pending_orc, "obr": seg, "obx": [], "notes": {}, "spm": []}
+            current = {"orc": pending_orc, "obr": seg, "obx": [], "notes": {}, "spm": [], "extra": []}
             out.append(current)
             pending_orc, last_obx = None, None
         elif current is None:
@@ -58,6 +62,8 @@ def groups(segments: list[Segment]) -> list[dict[str, Any]]:
         elif seg.name == "SPM":
             current["spm"].append(seg)
             last_obx = None
+        elif seg.name in ("IPC", "ZDS"):  # imaging: accession / study UID (radiology.py)
+            current["extra"].append(seg)
     return out
 
 
@@ -91,7 +97,10 @@ async def handle(ctx: HandlerContext) -> Work:
     if not found_groups:
         raise MappingError("an ORU^R01 message needs at least one OBR segment", "OBR", "100")
     for group in found_groups:
-        await _group(ctx, work, group, patient_ref)
+        if radiology.is_radiology(ctx, group["obr"]):
+            await radiology.oru_group(ctx, work, group, patient_ref)
+        else:
+            await _group(ctx, work, group, patient_ref)
     return work
 
 

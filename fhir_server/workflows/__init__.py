@@ -1,0 +1,1 @@
+"""Hospital workflows built on FHIR resources (one package per workflow)."""
