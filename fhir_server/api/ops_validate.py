@@ -13,7 +13,8 @@ an unknown ``mode``, ``mode=delete`` without an instance, nothing to validate.
 
 What each mode checks (the spec leaves business rules to the server):
 
-* no mode: R4 validation (+ ``profile``).
+* no mode: R4 validation (+ ``profile``, and the project profiles ``meta.profile`` claims:
+  ``fhir_server.profiles``).
 * ``create``: the same; an ``id`` in the resource gives an ``information`` issue (create ignores it).
 * ``update``: the same, and the resource must carry an ``id`` (``required``), equal to the URL's id
   at instance level (``invalid``). Update may create (http.html#upsert): existence is not required.
@@ -35,7 +36,8 @@ from fhir_server.api.deps import service
 from fhir_server.api.operations import OperationCall, operation
 from fhir_server.api.responses import fhir_response
 from fhir_server.errors import BadRequest, Issue, operation_outcome
-from fhir_server.validation import has_errors, validate_resource
+from fhir_server.services.validate import validation_issues_for
+from fhir_server.validation import has_errors
 
 MODES = ("create", "update", "delete")
 
@@ -98,7 +100,7 @@ async def validate_op(call: OperationCall) -> Response:
     elif mode == "create" and resource.get("id"):
         issues.append(Issue("information", "informational", "A create ignores the resource id; the server assigns one", f"{rtype}.id"))
 
-    issues += validate_resource(resource, [profile] if profile else None)
+    issues += validation_issues_for(resource, profile)
     if not has_errors(issues):
         warned = any(i.severity == "warning" for i in issues)
         issues.append(Issue("information", "informational", "All OK" + (" (with warnings)" if warned else "")))

@@ -24,6 +24,9 @@ from fhir_server.tenancy import admin as tenancy_admin  # noqa: F401  ($tenants)
 from fhir_server.api import ops_roles  # noqa: F401  ($roles, $role-grant, $role-revoke, $role-reset)
 from fhir_server.api import ops_appointments  # noqa: F401  ($book, $confirm, $cancel, $reschedule, $check-in, $complete, $no-show, $queue)
 from fhir_server.api.authorize import authorize
+from fhir_server.profiles.catalog import SERVED_TYPES
+from fhir_server.profiles.serving import ensure_seeded
+from fhir_server.profiles import fuzzy as medication_fuzzy  # noqa: F401  (Medication/$fuzzy-search)
 from fhir_server.errors import MethodNotAllowed, ResourceNotFound
 
 Handler = Callable[..., Awaitable[Response]]
@@ -108,6 +111,8 @@ async def dispatch(request: Request) -> Response:
             f"{request.method} is not allowed on {path}", headers={"Allow": ", ".join(sorted(methods))}
         )
     await authorize(request, shape, params, method)  # role ∩ SMART scopes (api/authorize.py): 403 if not
+    if params and params[0] in SERVED_TYPES:  # packaged project definitions, seeded on first use (fhir_server/profiles)
+        await ensure_seeded(request, params[0])
     return await handler(*params, request)
 
 

@@ -38,6 +38,7 @@ __all__ = ["HOOK_MODULES", "WriteEvent", "after_write", "afters_for", "guard", "
 # dotted module names whose import registers hooks (append yours)
 HOOK_MODULES: tuple[str, ...] = (
     "hl7_bridge.outbound.hook",  # ServiceRequest active/held/revoked → HL7 outbox (issue 6 Outbound)
+    "fhir_server.profiles.readonly",  # packaged project definitions are read-only
     "fhir_server.workflows.appointments.rules",  # booking, slots, status machine, check-in (issue 7)
 )
 

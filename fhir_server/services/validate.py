@@ -1,16 +1,37 @@
-"""The checks every write passes before it touches the database."""
+"""The checks every write passes before it touches the database.
+
+R4 validation for every write (400 on errors); a resource claiming a project profile in
+``meta.profile`` (``fhir_server.profiles``) is also checked against it: 422 Unprocessable Entity
+(http.html#update: "the proposed resource violated applicable FHIR profiles"), each issue naming
+its element. Other claimed profiles are not followed (validation/README.md).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fhir_server.errors import BadRequest, InvalidResource, Issue
+from fhir_server.errors import BadRequest, InvalidResource, Issue, UnprocessableEntity
 
 
 def validation_issues(resource: dict[str, Any]) -> list[Issue]:
     from fhir_server.validation import validate_resource
 
     return validate_resource(resource)
+
+
+def validation_issues_for(resource: dict[str, Any], profile: str | None = None) -> list[Issue]:
+    """``$validate``: R4, plus ``profile`` (a project profile, or one the R4 validator knows; unknown:
+    a ``not-found`` error) and the project profiles ``meta.profile`` claims."""
+    from fhir_server.profiles import claimed_profiles, is_project_profile, profile_issues
+    from fhir_server.validation import validate_resource
+
+    urls = claimed_profiles(resource) if isinstance(resource, dict) else []
+    if profile and profile.split("|")[0] not in urls:
+        if is_project_profile(profile) or urls:
+            urls.append(profile)
+        else:
+            return validate_resource(resource, [profile])
+    return profile_issues(resource, urls) if urls else validate_resource(resource)
 
 
 def check_resource(resource_type: str, resource: Any, *, id_required: bool) -> None:
@@ -28,3 +49,17 @@ def check_resource(resource_type: str, resource: Any, *, id_required: bool) -> N
     issues = validation_issues(resource)
     if any(i.severity in ("error", "fatal") for i in issues):
         raise InvalidResource(f"{resource_type} failed validation against FHIR R4", issues=issues)
+    meta = resource.get("meta")
+    if meta and isinstance(meta, dict) and meta.get("profile"):  # costs nothing for other writes
+        _check_profiles(resource_type, resource)
+
+
+def _check_profiles(resource_type: str, resource: dict[str, Any]) -> None:
+    from fhir_server.profiles import claimed_profiles, profile_issues
+
+    urls = claimed_profiles(resource)
+    if not urls:
+        return
+    issues = [i for i in profile_issues(resource, urls) if i.severity in ("error", "fatal")]
+    if issues:
+        raise UnprocessableEntity(f"{resource_type} does not conform to {', '.join(urls)}", issues=issues)

@@ -19,12 +19,12 @@ RASA = "http://example.org/fhir/StructureDefinition/rasa"
 def search_parameter(**kw: Any) -> dict[str, Any]:
     sp = {
         "resourceType": "SearchParameter",
-        "id": "rasa",
-        "url": "http://example.org/fhir/SearchParameter/rasa",
-        "name": "rasa",
+        "id": "local-taste",
+        "url": "http://example.org/fhir/SearchParameter/local-taste",
+        "name": "local-taste",
         "status": "active",
-        "description": "rasa",
-        "code": "rasa",
+        "description": "local-taste",
+        "code": "local-taste",
         "base": ["Medication"],
         "type": "token",
         "expression": f"Medication.extension('{RASA}').value.coding",
@@ -45,16 +45,16 @@ def test_active_parameter_is_accepted_and_extracted_through_the_overlay() -> Non
     """search.html#custom: an extension becomes searchable once the registry has the parameter."""
     core = get_registry()
     sp = check_search_parameter(search_parameter(), core)
-    assert sp is not None and sp.code == "rasa"
-    overlay = core.overlay({"rasa": sp})
-    assert overlay.get("Medication", "rasa") is sp
-    assert core.get("Medication", "rasa") is None  # the core registry is untouched
+    assert sp is not None and sp.code == "local-taste"
+    overlay = core.overlay({"local-taste": sp})
+    assert overlay.get("Medication", "local-taste") is sp
+    assert core.get("Medication", "local-taste") is None  # the core registry is untouched
     rows = extract_index_rows(medication("a"), registry=overlay)
-    assert ("rasa", "http://x", "a", None) in rows.token
-    assert not any(r[0] == "rasa" for r in extract_index_rows(medication("a")).token)
-    where = build_where("Medication", [("rasa", "http://x|a")], registry=overlay)
+    assert ("local-taste", "http://x", "a", None) in rows.token
+    assert not any(r[0] == "local-taste" for r in extract_index_rows(medication("a")).token)
+    where = build_where("Medication", [("local-taste", "http://x|a")], registry=overlay)
     assert not where.warnings and "idx_token" in where.sql
-    assert build_where("Medication", [("rasa", "a")]).warnings  # unknown without the overlay
+    assert build_where("Medication", [("local-taste", "a")]).warnings  # unknown without the overlay
 
 
 @pytest.mark.parametrize(
@@ -106,9 +106,9 @@ def test_code_of_another_custom_parameter_on_the_same_base_is_rejected() -> None
     core = get_registry()
     first = check_search_parameter(search_parameter(), core)
     assert first is not None
-    overlay = core.overlay({"rasa": first})
+    overlay = core.overlay({"local-taste": first})
     other = search_parameter(id="rasa2", url="http://example.org/fhir/SearchParameter/rasa2")
-    with pytest.raises(UnprocessableEntity, match="SearchParameter/rasa"):
+    with pytest.raises(UnprocessableEntity, match="SearchParameter/local-taste"):
         check_search_parameter(other, overlay)
     # the same resource updated is not a clash with itself
     assert check_search_parameter(search_parameter(description="changed"), overlay) is not None

@@ -15,7 +15,7 @@ from fhir_server.search.extract import extract_index_rows, plan_for_type
 from fhir_server.search.fhirpath_model import get_model
 from fhir_server.search.normalize import MAX_NORM_BYTES, normalize, normalize_for_index
 from fhir_server.search.ranges import DATE_MAX, DATE_MIN, NEG_INF, POS_INF, date_range, decimal_range
-from fhir_server.search.registry import DATA_FILE, SearchParamRegistry, get_registry
+from fhir_server.search.registry import DATA_FILE, SearchParamRegistry, get_registry, project_search_parameters
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "fhir-r4" / "examples"
 
@@ -41,7 +41,9 @@ def test_registry_loads_packaged_definitions() -> None:
     reg = get_registry()
     assert reg is get_registry()
     assert DATA_FILE.is_file() and "shared" not in DATA_FILE.parts
-    assert len(reg.params) == 1375
+    # the 1375 R4 parameters + the project's own (fhir_server/definitions/project/searchparameters)
+    assert len(reg.params) == 1375 + len(project_search_parameters())
+    assert reg.get("Medication", "rasa") is not None  # a project parameter, in every tenant
     name = reg.get("Patient", "name")
     assert name is not None and name.type == "string" and name.expression == "Patient.name"
     assert "exact" in name.modifier and "contains" in name.modifier
