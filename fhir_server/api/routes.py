@@ -23,6 +23,7 @@ from fhir_server.api import ops_export  # noqa: F401  ($export, $export-status, 
 from fhir_server.tenancy import admin as tenancy_admin  # noqa: F401  ($tenants)
 from fhir_server.api import ops_roles  # noqa: F401  ($roles, $role-grant, $role-revoke, $role-reset)
 from fhir_server.api import ops_appointments  # noqa: F401  ($book, $confirm, $cancel, $reschedule, $check-in, $complete, $no-show, $queue)
+from fhir_server.api import ops_pharmacy  # noqa: F401  (MedicationRequest/$finalize, $print, $prescription-record, $dispense)
 from fhir_server.api.authorize import authorize
 from fhir_server.profiles.catalog import SERVED_TYPES
 from fhir_server.profiles.serving import ensure_seeded

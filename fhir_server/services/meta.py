@@ -17,6 +17,7 @@ import orjson
 from fhir_server.audit.actor import Actor
 from fhir_server.auth.visibility import Access, prepare_write
 from fhir_server.errors import BadRequest, InvalidResource, ResourceGone, ResourceNotFound, VersionConflict
+from fhir_server.services import hooks
 from fhir_server.services.resources import BoundDatabase
 from fhir_server.storage import repository as repo
 from fhir_server.storage.db import Database
@@ -124,6 +125,11 @@ async def change_meta(
         issues = [i for i in validation_issues(resource) if i.severity in ("error", "fatal")]
         if issues:
             raise InvalidResource(f"{resource_type} with the new meta fails validation against FHIR R4", issues=issues)
+        # the workflow rules see a meta change like any write (a finalized prescription's tag stays)
+        event = hooks.WriteEvent(tenant, resource_type, resource_id, orjson.loads(current.content or "{}"), resource,
+                                 "PATCH", actor)
+        for check in hooks.guards_for(resource_type):
+            check(event)
         content = orjson.dumps(resource).decode()
         written = await rewrite_meta(
             conn, tenant, resource_type, resource_id, current.version_id, content, extract_index_rows(resource), actor
