@@ -19,7 +19,7 @@ import orjson
 from fhir_server.services.resources import ResourceService
 from fhir_server.timeutil import format_instant, now
 from fhir_server.workflows.pharmacy.codes import CS_DETECTED_ISSUE_ID, V3_ACT_CODE
-from fhir_server.workflows.pharmacy.prescription import Coding, medication_terms, referring
+from fhir_server.workflows.pharmacy.prescription import Coding, concept_terms, medication_terms, referring
 
 __all__ = ["AllergyMatch", "detected_issue", "find_allergy_matches"]
 
@@ -52,16 +52,7 @@ def _active(allergy: dict[str, Any]) -> bool:
 
 def _terms(allergy: dict[str, Any]) -> tuple[set[Coding], set[str], str]:
     concepts = [allergy.get("code") or {}] + [r.get("substance") or {} for r in allergy.get("reaction") or []]
-    codings: set[Coding] = set()
-    texts: set[str] = set()
-    for cc in concepts:
-        if cc.get("text"):
-            texts.add(str(cc["text"]).strip().lower())
-        for c in cc.get("coding") or []:
-            if c.get("code"):
-                codings.add((c.get("system"), c.get("code")))
-            if c.get("display"):
-                texts.add(str(c["display"]).strip().lower())
+    codings, texts = concept_terms(concepts)
     name = (allergy.get("code") or {}).get("text") or next(iter(sorted(texts)), None) or "an allergen"
     return codings, texts, str(name)
 

@@ -28,6 +28,21 @@ MAX_ITEMS = 200
 Coding = tuple[str | None, str | None]
 
 
+def concept_terms(concepts: list[dict[str, Any]]) -> tuple[set[Coding], set[str]]:
+    """The (system, code) pairs and the lower-cased texts/displays of some CodeableConcepts."""
+    codings: set[Coding] = set()
+    texts: set[str] = set()
+    for cc in concepts:
+        if cc.get("text"):
+            texts.add(str(cc["text"]).strip().lower())
+        for c in cc.get("coding") or []:
+            if c.get("code"):
+                codings.add((c.get("system"), c.get("code")))
+            if c.get("display"):
+                texts.add(str(c["display"]).strip().lower())
+    return codings, texts
+
+
 def ref_id(reference: Any, resource_type: str) -> str | None:
     """``Type/id`` (relative, or the tail of an absolute URL) → id, if it is of ``resource_type``."""
     ref = (reference or {}).get("reference") if isinstance(reference, dict) else None
@@ -104,16 +119,7 @@ async def medication_terms(conn: Any, service: ResourceService, item: dict[str, 
                     concepts.append(ing["itemCodeableConcept"])
         if ref.get("display"):
             concepts.append({"text": ref["display"]})
-    codings: set[Coding] = set()
-    texts: set[str] = set()
-    for cc in concepts:
-        if cc.get("text"):
-            texts.add(str(cc["text"]).strip().lower())
-        for c in cc.get("coding") or []:
-            if c.get("code"):
-                codings.add((c.get("system"), c.get("code")))
-            if c.get("display"):
-                texts.add(str(c["display"]).strip().lower())
+    codings, texts = concept_terms(concepts)
     name = next((cc.get("text") for cc in concepts if cc.get("text")), None) or next(
         (c.get("display") or c.get("code") for cc in concepts for c in cc.get("coding") or []), None) or "medication"
     return codings, texts, str(name)
