@@ -491,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fhir_server.workflows.appointments.cli import add_parser as add_appointments_parser
 
     add_appointments_parser(sub, with_data_dir)  # appointments mark-noshows
+    from fhir_server.workflows.availability.roll import add_schedule_parser
+
+    add_schedule_parser(sub, with_data_dir)  # schedule roll
     return parser
 
 

@@ -22,6 +22,7 @@ from fhir_server.api import ops_reindex  # noqa: F401  ($reindex, $reindex-statu
 from fhir_server.api import ops_export  # noqa: F401  ($export, $export-status, $export-file)
 from fhir_server.tenancy import admin as tenancy_admin  # noqa: F401  ($tenants)
 from fhir_server.api import ops_roles  # noqa: F401  ($roles, $role-grant, $role-revoke, $role-reset)
+from fhir_server.api import ops_availability  # noqa: F401  (Appointment/$find, Schedule/$generate-slots)
 from fhir_server.api import ops_appointments  # noqa: F401  ($book, $confirm, $cancel, $reschedule, $check-in, $complete, $no-show, $queue)
 from fhir_server.api import ops_pharmacy  # noqa: F401  (MedicationRequest/$finalize, $print, $prescription-record, $dispense)
 from fhir_server.api.authorize import authorize

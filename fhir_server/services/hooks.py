@@ -39,6 +39,7 @@ __all__ = ["HOOK_MODULES", "WriteEvent", "after_write", "afters_for", "guard", "
 HOOK_MODULES: tuple[str, ...] = (
     "hl7_bridge.outbound.hook",  # ServiceRequest active/held/revoked → HL7 outbox (issue 6 Outbound)
     "fhir_server.profiles.readonly",  # packaged project definitions are read-only
+    "fhir_server.workflows.availability.hooks",
     "fhir_server.workflows.appointments.rules",  # booking, slots, status machine, check-in (issue 7)
     "fhir_server.workflows.pharmacy.hooks",  # finalized prescription lock, dispense quantities (issue 8)
 )
