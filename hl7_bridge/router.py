@@ -10,9 +10,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from hl7_bridge.handlers import adt, oru
-from hl7_bridge.handlers import siu
-from hl7_bridge.handlers import orders, radiology
+from hl7_bridge.handlers import adt, orders, oru, radiology, siu
 from hl7_bridge.handlers.common import HandlerContext, Work
 
 __all__ = ["HANDLERS", "Route", "find_route", "routes"]

@@ -15,21 +15,32 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhir_server.api import binary, history, metadata, operations, read, search, transaction, write
-from fhir_server.api import auditevents
-from fhir_server.api import ops_everything, ops_meta, ops_validate  # noqa: F401  (operations register on import)
-from fhir_server.api import ops_reindex  # noqa: F401  ($reindex, $reindex-status, $reindex-cancel)
-from fhir_server.api import ops_export  # noqa: F401  ($export, $export-status, $export-file)
-from fhir_server.tenancy import admin as tenancy_admin  # noqa: F401  ($tenants)
-from fhir_server.api import ops_roles  # noqa: F401  ($roles, $role-grant, $role-revoke, $role-reset)
-from fhir_server.api import ops_availability  # noqa: F401  (Appointment/$find, Schedule/$generate-slots)
-from fhir_server.api import ops_appointments  # noqa: F401  ($book, $confirm, $cancel, $reschedule, $check-in, $complete, $no-show, $queue)
-from fhir_server.api import ops_pharmacy  # noqa: F401  (MedicationRequest/$finalize, $print, $prescription-record, $dispense)
+from fhir_server.api import (  # noqa: F401  (operations register on import)
+    auditevents,
+    binary,
+    history,
+    metadata,
+    operations,
+    ops_appointments,  # noqa: F401  ($book, $confirm, $cancel, $reschedule, $check-in, $complete, $no-show, $queue)
+    ops_availability,  # noqa: F401  (Appointment/$find, Schedule/$generate-slots)
+    ops_everything,
+    ops_export,  # noqa: F401  ($export, $export-status, $export-file)
+    ops_meta,
+    ops_pharmacy,  # noqa: F401  (MedicationRequest/$finalize, $print, $prescription-record, $dispense)
+    ops_reindex,  # noqa: F401  ($reindex, $reindex-status, $reindex-cancel)
+    ops_roles,  # noqa: F401  ($roles, $role-grant, $role-revoke, $role-reset)
+    ops_validate,
+    read,
+    search,
+    transaction,
+    write,
+)
 from fhir_server.api.authorize import authorize
+from fhir_server.errors import MethodNotAllowed, ResourceNotFound
+from fhir_server.profiles import fuzzy as medication_fuzzy  # noqa: F401  (Medication/$fuzzy-search)
 from fhir_server.profiles.catalog import SERVED_TYPES
 from fhir_server.profiles.serving import ensure_seeded
-from fhir_server.profiles import fuzzy as medication_fuzzy  # noqa: F401  (Medication/$fuzzy-search)
-from fhir_server.errors import MethodNotAllowed, ResourceNotFound
+from fhir_server.tenancy import admin as tenancy_admin  # noqa: F401  ($tenants)
 
 Handler = Callable[..., Awaitable[Response]]
 
