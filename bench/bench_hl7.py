@@ -5,6 +5,7 @@ the 200 sample messages (µs/message).
 
     python bench/bench_hl7.py [--messages 2000] [--connections 1,8]      # DATABASE_URL or embedded PG
     python bench/bench_hl7.py --parsers
+    python bench/bench_hl7.py --in-process 400    # Bridge.receive in this process: CPU and statements per message
 
 Both servers run as their own processes (the bridge as ``fhir-server hl7 listen``); CPU per message
 is the listener process's CPU time (from /proc) and the whole machine's busy time (from /proc/stat,
@@ -25,6 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -176,6 +178,50 @@ def measure(label: str, port: int, pid: int, app: str, messages: int, connection
     return res
 
 
+def in_process(url: str, app: str, messages: int) -> None:
+    """``messages`` ORU^R01 through ``Bridge.receive`` in this process, one after the other (no MLLP):
+    the bridge's own CPU per message (this process's CPU time; generating the text is ~1 % of it), the
+    embedded PostgreSQL's, and the statements per message as the driver sends them (``execute`` calls;
+    BEGIN/COMMIT of the processing transaction are 2 more)."""
+    import psycopg
+
+    from fhir_server.settings import Settings
+    from fhir_server.storage.db import Database
+    from hl7_bridge.bridge import Bridge
+    from hl7_bridge.listener import _warm_up
+
+    counts: dict[str, int] = {}
+    original = psycopg.AsyncCursor.execute
+
+    async def counting(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+        key = str(query)[:90]
+        counts[key] = counts.get(key, 0) + 1
+        return await original(self, query, params, **kw)
+
+    async def run() -> None:
+        db = Database(url, min_size=1, max_size=2, application_name="mllp")
+        await db.open()
+        _warm_up()
+        bridge = Bridge(db, Settings())
+        for n in range(50):  # warm-up (plans, caches)
+            await bridge.receive(oru(app, n, 9998))
+        psycopg.AsyncCursor.execute = counting  # type: ignore[method-assign]
+        cpu0, pg0, t0 = time.process_time(), pg_cpu(), time.perf_counter()
+        for n in range(messages):
+            out = await bridge.receive(oru(app, n, 9999))
+            assert out.ack.code == "AA", out.ack.text
+        cpu, pg, wall = time.process_time() - cpu0, pg_cpu() - pg0, time.perf_counter() - t0
+        psycopg.AsyncCursor.execute = original  # type: ignore[method-assign]
+        await db.close()
+        print(f"in-process, {messages} messages one after the other: bridge CPU {cpu / messages * 1000:.2f} ms/msg, "
+              f"PG CPU {pg / messages * 1000:.2f} ms/msg, wall {wall / messages * 1000:.2f} ms/msg, "
+              f"statements {sum(counts.values()) / messages:.2f}/msg (+ BEGIN/COMMIT)", flush=True)
+        for key, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+            print(f"  {count / messages:5.2f}  {key}")
+
+    asyncio.run(run())
+
+
 def bench(args: argparse.Namespace) -> None:
     import psycopg
 
@@ -224,6 +270,9 @@ def bench(args: argparse.Namespace) -> None:
             asyncio.run(run_load(bridge_port, app, 200, 4, 77))
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("ANALYZE")
+        if args.in_process:
+            in_process(url, app, args.in_process)
+            return
         print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; {args.messages} ORU^R01 per run "
               f"(1 order, 5 NM results, 1 specimen: 9-10 resources each); analyzed: {not args.no_analyze}", flush=True)
         for i, conns in enumerate(int(c) for c in args.connections.split(",")):
@@ -308,6 +357,8 @@ def main() -> None:
     ap.add_argument("--connections", default="1,8")
     ap.add_argument("--parsers", action="store_true")
     ap.add_argument("--no-analyze", action="store_true", help="measure a fresh database without planner statistics")
+    ap.add_argument("--in-process", type=int, default=0, metavar="N",
+                    help="N messages through Bridge.receive in this process: CPU and statements per message")
     ap.add_argument("--ack-only-server", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ack_only_server:

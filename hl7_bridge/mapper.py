@@ -104,15 +104,22 @@ def coding_system(name: str) -> str:
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+|\+|=)\])?")
 
 
-def _set(target: dict[str, Any], path: str, value: Any, appended: dict[str, int]) -> None:
+@cache
+def _steps(path: str) -> tuple[tuple[str, str | None, str, bool], ...]:
+    """A FHIR path's steps, parsed once per table row: (key, index, path so far, last)."""
     steps = path.split(".")
-    node: Any = target
+    out = []
     for n, step in enumerate(steps):
         m = _STEP.fullmatch(step)
         if m is None:
             raise ValueError(f"bad FHIR path step {step!r} in {path!r}")
-        key, idx = m[1], m[2]
-        last = n == len(steps) - 1
+        out.append((m[1], m[2], ".".join(steps[: n + 1]), n == len(steps) - 1))
+    return tuple(out)
+
+
+def _set(target: dict[str, Any], path: str, value: Any, appended: dict[str, int]) -> None:
+    node: Any = target
+    for key, idx, prefix, last in _steps(path):
         if idx is None:
             if last:
                 node[key] = value
@@ -120,7 +127,6 @@ def _set(target: dict[str, Any], path: str, value: Any, appended: dict[str, int]
             node = node.setdefault(key, {})
             continue
         items = node.setdefault(key, [])
-        prefix = ".".join(steps[: n + 1])
         if idx == "+":
             items.append({} if not last else value)
             appended[prefix] = len(items) - 1
@@ -242,10 +248,7 @@ class Mapper:
             text = v.c(1)
             value = PRIMITIVES[dt](text, self.ctx.timezone) if text else None
         else:
-            m = re.fullmatch(r"([A-Z]{2,3})\[([A-Za-z-]+)\]", dt)
-            if m is None:
-                raise ValueError(f"unknown datatype map {dt!r}")
-            value = self.datatype(v, f"{m[1]}_{m[2]}")
+            value = self.datatype(v, _datatype_table(dt))
         if row.vocab_map and value not in (None, ""):
             value = self._vocab(row.vocab_map, value, v)
         return value
@@ -271,21 +274,46 @@ class Mapper:
         return value
 
     def _holds(self, condition: str, get: Getter) -> bool:
-        for clause in condition.split(" and "):
-            words = clause.split()
-            if words[:2] == ["not", "valued"]:
-                ok = not _valued(get(words[2]))
-            elif words[0] == "valued":
-                ok = _valued(get(words[1]))
-            elif len(words) >= 3 and words[1] == "equals":
-                ok = _first(get(words[0])) == words[2].strip('"')
-            elif len(words) >= 3 and words[1] == "in":
-                ok = _first(get(words[0])) in {w.strip('",') for w in words[2:]}
+        for op, src, arg in _clauses(condition):
+            if op == "not valued":
+                ok = not _valued(get(src))
+            elif op == "valued":
+                ok = _valued(get(src))
+            elif op == "equals":
+                ok = _first(get(src)) == arg
             else:
-                raise ValueError(f"unknown condition {clause!r} (equals, in, valued, not valued)")
+                ok = _first(get(src)) in arg
             if not ok:
                 return False
         return True
+
+
+@cache
+def _clauses(condition: str) -> tuple[tuple[str, str, Any], ...]:
+    """A row's condition, parsed once: (operator, source, operand) per clause."""
+    out: list[tuple[str, str, Any]] = []
+    for clause in condition.split(" and "):
+        words = clause.split()
+        if words[:2] == ["not", "valued"]:
+            out.append(("not valued", words[2], None))
+        elif words[0] == "valued":
+            out.append(("valued", words[1], None))
+        elif len(words) >= 3 and words[1] == "equals":
+            out.append(("equals", words[0], words[2].strip('"')))
+        elif len(words) >= 3 and words[1] == "in":
+            out.append(("in", words[0], frozenset(w.strip('",') for w in words[2:])))
+        else:
+            raise ValueError(f"unknown condition {clause!r} (equals, in, valued, not valued)")
+    return tuple(out)
+
+
+@cache
+def _datatype_table(dt: str) -> str:
+    """``CX[Identifier]`` → the datatype map's table name ``CX_Identifier``."""
+    m = re.fullmatch(r"([A-Z]{2,3})\[([A-Za-z-]+)\]", dt)
+    if m is None:
+        raise ValueError(f"unknown datatype map {dt!r}")
+    return f"{m[1]}_{m[2]}"
 
 
 def _valued(values: list[Component]) -> bool:

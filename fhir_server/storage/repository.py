@@ -209,6 +209,30 @@ async def match_token(
     return [_row(row) for row in await cur.fetchall()]
 
 
+# ``_MATCH_TOKEN_SQL`` for several criteria in one round trip (the HL7 bridge's look-ups of one message):
+# the same lookup per criterion, as a LATERAL subquery over the criteria arrays.
+_MATCH_TOKENS_SQL = (
+    f"SELECT q.n, m.* FROM unnest(%(rt)s::text[], %(p)s::text[], %(s)s::text[], %(c)s::text[]) WITH ORDINALITY "
+    f"AS q(rt, p, s, c, n) CROSS JOIN LATERAL (SELECT {_COLS} FROM resource WHERE tenant_id = %(t)s "
+    "AND resource_type = q.rt AND id = ANY(ARRAY(SELECT i.resource_id FROM idx_token i WHERE i.tenant_id = %(t)s "
+    "AND i.resource_type = q.rt AND i.param = q.p AND i.code = q.c AND i.system = q.s)) AND NOT deleted "
+    "ORDER BY id LIMIT %(n)s) m ORDER BY q.n, m.id"
+)
+
+
+async def match_tokens(
+    conn: AsyncConnection, tenant: str, criteria: list[tuple[str, str, str, str]], limit: int
+) -> list[list[StoredVersion]]:
+    """``match_token`` for each (resource_type, param, system, code) of ``criteria``, in one statement."""
+    binds = {"t": tenant, "rt": [c[0] for c in criteria], "p": [c[1] for c in criteria],
+             "s": [c[2] for c in criteria], "c": [c[3] for c in criteria], "n": limit}
+    cur = await conn.execute(_MATCH_TOKENS_SQL, binds, prepare=True)
+    out: list[list[StoredVersion]] = [[] for _ in criteria]
+    for row in await cur.fetchall():
+        out[int(row[0]) - 1].append(_row(row[1:]))
+    return out
+
+
 async def fetch_version(
     conn: AsyncConnection, tenant: str, resource_type: str, resource_id: str, version_id: int,
     *, access: Access | None = None,

@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import orjson
 
-from fhir_server.services.conditional import find_matches
+from fhir_server.services.conditional import exact_identifier, find_matches, parse_criteria
 from fhir_server.services.resources import COND_UPDATE, IF_NONE_EXIST, ResourceService
+from fhir_server.storage import repository as repo
 from fhir_server.storage.repository import StoredVersion
 from hl7_bridge.decode import Message, Segment
 from hl7_bridge.mapper import Mapper
@@ -68,6 +69,9 @@ class HandlerContext:
     service: ResourceService  # bound to conn, acting as the sender's agent
     route: dict[str, Any]
     message_id: int
+    # (kind, type, criteria) → matches found by ``prefetch`` under their lock, for a later ``find_one``
+    _prefetched: dict[tuple[str, str, str], list[StoredVersion]] = field(default_factory=dict)
+    _patients: dict[int, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def tenant(self) -> str:
@@ -83,11 +87,38 @@ class HandlerContext:
         await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.service.lock_key(kind, resource_type, query),), prepare=True)
 
     async def find_one(self, resource_type: str, query: str, *, kind: str = COND_UPDATE) -> StoredVersion | None:
-        await self.lock(kind, resource_type, query)
-        matches = await find_matches(self.conn, self.tenant, resource_type, query, limit=2)
+        matches = await self.find_all(resource_type, query, kind=kind)
         if len(matches) > 1:
             raise MappingError(f"{resource_type}?{query} matches more than one resource", code="205")
         return matches[0] if matches else None
+
+    async def find_all(self, resource_type: str, query: str, *, kind: str = COND_UPDATE) -> list[StoredVersion]:
+        """Up to two matches of ``query``, searched under the advisory lock of (``kind``, criteria)."""
+        matches = self._prefetched.pop((kind, resource_type, query), None)
+        if matches is None:
+            await self.lock(kind, resource_type, query)
+            matches = await find_matches(self.conn, self.tenant, resource_type, query, limit=2)
+        return matches
+
+    async def prefetch(self, lookups: list[tuple[str, str, str]]) -> None:
+        """``find_one``'s locks and searches for several (resource_type, criteria, kind) at once: the
+        locks in one statement (key order), then the searches in one statement (exact identifiers;
+        others one by one), which sees what a lock holder committed, as ``find_one`` does. Their
+        ``find_one`` later answers from here (the handler writes nothing before its Bundle runs)."""
+        todo = list(dict.fromkeys((kind, rtype, query) for rtype, query, kind in lookups
+                                  if (kind, rtype, query) not in self._prefetched))
+        if not todo:
+            return
+        keys = sorted({self.service.lock_key(kind, rtype, query) for kind, rtype, query in todo})
+        await self.conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k", (keys,), prepare=True)
+        exact = [exact_identifier(rtype, parse_criteria(query)) for _, rtype, query in todo]
+        if all(e is not None for e in exact):
+            found = await repo.match_tokens(
+                self.conn, self.tenant, [(rtype, "identifier", *e) for (_, rtype, _), e in zip(todo, exact, strict=True) if e], 2)
+        else:
+            found = [await find_matches(self.conn, self.tenant, rtype, query, limit=2) for _, rtype, query in todo]
+        for key, matches in zip(todo, found, strict=True):
+            self._prefetched[key] = matches
 
     # -- entries --
     @staticmethod
@@ -121,12 +152,21 @@ class HandlerContext:
     # -- Patient (PID) --
     def patient_from_pid(self, pid: Segment) -> tuple[dict[str, Any], dict[str, Any]]:
         """(the mapped Patient, the identifier it is matched by: PID-3's MR-typed repetition, else the first)."""
+        done = self._patients.pop(pid.index, None)  # mapped already by ``patient_query`` (a prefetch)
+        if done is not None:
+            return done
         patient = {"resourceType": "Patient", **self.mapper.segment(pid, "PID_Patient")}
         idents = patient.get("identifier") or []
         if not idents or not idents[0].get("value"):
             raise MappingError("PID-3 (patient identifier list) is required to match the patient", "PID-3", "101")
         key = next((i for i in idents if _type_code(i) == "MR" and i.get("value")), idents[0])
         return patient, {"system": key.get("system"), "value": key["value"]}
+
+    def patient_query(self, pid: Segment) -> str:
+        """The criteria ``patient_entry`` will match the PID's Patient by (its mapping kept for it)."""
+        mapped = self.patient_from_pid(pid)
+        self._patients[pid.index] = mapped
+        return identifier_query(mapped[1])
 
     async def patient_entry(self, work: Work, pid: Segment, *, update: bool) -> str:
         """The Patient of the message, as a reference target (its fullUrl). ``update``: the message's

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.errors import ResourceGone, ResourceNotFound
-from fhir_server.services.resources import COND_UPDATE
+from fhir_server.services.resources import COND_UPDATE, IF_NONE_EXIST
 from hl7_bridge.decode import Segment
 from hl7_bridge.handlers import radiology
 from hl7_bridge.handlers.adt import practitioner_ref
@@ -92,8 +92,9 @@ async def handle(ctx: HandlerContext) -> Work:
     pid = ctx.msg.first("PID")
     if pid is None:
         raise MappingError("an ORU^R01 message needs a PID segment", "PID", "100")
-    patient_ref = await ctx.patient_entry(work, pid, update=bool(ctx.sender.options.get("update_patient")))
     found_groups = groups(ctx.msg.segments)
+    await _prefetch(ctx, pid, found_groups)
+    patient_ref = await ctx.patient_entry(work, pid, update=bool(ctx.sender.options.get("update_patient")))
     if not found_groups:
         raise MappingError("an ORU^R01 message needs at least one OBR segment", "OBR", "100")
     for group in found_groups:
@@ -104,17 +105,56 @@ async def handle(ctx: HandlerContext) -> Work:
     return work
 
 
-async def _group(ctx: HandlerContext, work: Work, group: dict[str, Any], patient_ref: str) -> None:
+async def _prefetch(ctx: HandlerContext, pid: Segment, found_groups: list[dict[str, Any]]) -> None:
+    """The Patient's and the first lab group's look-ups (report, ServiceRequest, Specimens: the same
+    locks and searches as their ``find_one``) in one round trip for the locks and one for the searches.
+    Anything that does not map is left to the handler, which raises it where it did."""
+    try:
+        lookups = [("Patient", ctx.patient_query(pid), IF_NONE_EXIST)]
+    except MappingError:
+        return
+    if found_groups and not radiology.is_radiology(ctx, found_groups[0]["obr"]):
+        group = found_groups[0]
+        try:
+            placer, filler, key, report_query = _order_keys(ctx, group)
+            sr_key = placer or filler
+            assert sr_key is not None
+            lookups += [("DiagnosticReport", report_query, COND_UPDATE), ("ServiceRequest", identifier_query(sr_key), IF_NONE_EXIST)]
+            group["specimens"] = [_specimen(ctx, spm, key) for spm in group["spm"]]  # mapped once, for _group
+            lookups += [("Specimen", q, COND_UPDATE) for _, q in group["specimens"]]
+        except MappingError:
+            group.pop("specimens", None)
+    await ctx.prefetch(lookups)
+
+
+def _specimen(ctx: HandlerContext, spm: Segment, key: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A Specimen mapped from SPM (identifier defaulted from the order's) and its criteria."""
+    spec = {"resourceType": "Specimen", **ctx.mapper.segment(spm, "SPM_Specimen"), "subject": None}  # set by _group
+    idents = spec.get("identifier") or []
+    if not idents:
+        idents = [{"system": key["system"], "value": f"{key['value']}-SPM{spm.get(1) or spm.index}"}]
+        spec["identifier"] = idents
+    return spec, identifier_query(idents[0])
+
+
+def _order_keys(ctx: HandlerContext, group: dict[str, Any]) -> tuple[Any, Any, dict[str, Any], str]:
+    """(placer, filler, the report's key identifier, its criteria) of a group."""
     obr: Segment = group["obr"]
     orc: Segment | None = group["orc"]
     placer = (_order_identifier(ctx, orc, 2, "PLAC") if orc else None) or _order_identifier(ctx, obr, 2, "PLAC")
     filler = (_order_identifier(ctx, orc, 3, "FILL") if orc else None) or _order_identifier(ctx, obr, 3, "FILL")
     if placer is None and filler is None:
         raise MappingError("OBR-3 (filler order number) or OBR-2 (placer order number) is required", "OBR-3", "101")
-    order_idents = [i for i in (placer, filler) if i is not None]
     key = filler or placer
     assert key is not None
-    report_query = identifier_query(key)
+    return placer, filler, key, identifier_query(key)
+
+
+async def _group(ctx: HandlerContext, work: Work, group: dict[str, Any], patient_ref: str) -> None:
+    obr: Segment = group["obr"]
+    orc: Segment | None = group["orc"]
+    placer, filler, key, report_query = _order_keys(ctx, group)
+    order_idents = [i for i in (placer, filler) if i is not None]
     if work.has(ctx.full_url("DiagnosticReport", report_query)):  # two OBRs with one order number (parent/child)
         key = {**key, "value": f"{key['value']}-{obr.get(1) or obr.index}"}
         order_idents = [*order_idents, {"system": key["system"], "value": key["value"]}]
@@ -150,24 +190,36 @@ async def _group(ctx: HandlerContext, work: Work, group: dict[str, Any], patient
     if requester is not None and "reference" in requester:
         sr["requester"] = requester
     sr_url = ctx.full_url("ServiceRequest", sr_query)
-    if not work.has(sr_url):
-        work.add(ctx.create_if_none(sr, sr_url, sr_query), orc or obr)
 
-    # Specimens
-    specimen_refs: list[dict[str, Any]] = []
-    for spm in group["spm"]:
-        spec = {"resourceType": "Specimen", **ctx.mapper.segment(spm, "SPM_Specimen"), "subject": {"reference": patient_ref}}
-        idents = spec.get("identifier") or []
-        if not idents:
-            idents = [{"system": key["system"], "value": f"{key['value']}-SPM{spm.get(1) or spm.index}"}]
-            spec["identifier"] = idents
-        spec_query = identifier_query(idents[0])
+    # Specimens (mapped before the look-ups: the ServiceRequest's and theirs go in one round trip)
+    specimens: list[tuple[Segment, dict[str, Any], str, str]] = []
+    mapped = group.pop("specimens", None) or [_specimen(ctx, spm, key) for spm in group["spm"]]
+    for spm, (spec, spec_query) in zip(group["spm"], mapped, strict=True):
+        spec["subject"] = {"reference": patient_ref}
         spec["request"] = [{"reference": sr_url}]
-        url = ctx.full_url("Specimen", spec_query)
+        specimens.append((spm, spec, spec_query, ctx.full_url("Specimen", spec_query)))
+    # A ServiceRequest or Specimen searched here under its conditional lock and NOT found is a plain
+    # create (the lock is held until commit; the create joins the Bundle's one multi-row insert); one
+    # found keeps its conditional entry, which the Bundle matches (and answers) as before.
+    sr_new = not work.has(sr_url)
+    lookups = [("ServiceRequest", sr_query, IF_NONE_EXIST)] if sr_new else []
+    lookups += [("Specimen", q, COND_UPDATE) for _, _, q, url in specimens if not work.has(url)]
+    await ctx.prefetch(lookups)
+    if sr_new:
+        if await ctx.find_all("ServiceRequest", sr_query, kind=IF_NONE_EXIST):
+            work.add(ctx.create_if_none(sr, sr_url, sr_query), orc or obr)
+        else:
+            work.add(ctx.new(sr, sr_url), orc or obr)
+
+    specimen_refs: list[dict[str, Any]] = []
+    for spm, spec, spec_query, url in specimens:
         if work.has(url):
             specimen_refs.append({"reference": url})
             continue
-        work.add(ctx.put(spec, url, None, spec_query), spm)
+        if await ctx.find_all("Specimen", spec_query, kind=COND_UPDATE):
+            work.add(ctx.put(spec, url, None, spec_query), spm)
+        else:
+            work.add(ctx.new(spec, url), spm)
         specimen_refs.append({"reference": url})
 
     # Observations: the stored ones found through the stored report's results
