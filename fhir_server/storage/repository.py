@@ -209,6 +209,28 @@ async def match_token(
     return [_row(row) for row in await cur.fetchall()]
 
 
+# Live resources whose reference index row ``param`` points at one target: the ids from
+# ``idx_reference_lookup`` as an InitPlan, then the rows by primary key — the same plan whatever the
+# planner believes about the tables (a freshly loaded table without statistics made the generic
+# ``EXISTS`` search pick a nested loop over every row of the type: 70 ms for 250 Appointments).
+_REFERRING_SQL = (
+    f"SELECT {_COLS} FROM resource WHERE tenant_id = %(t)s AND resource_type = %(rt)s AND NOT deleted "
+    "AND id = ANY(ARRAY(SELECT x.resource_id FROM idx_reference x WHERE x.tenant_id = %(t)s "
+    "AND x.resource_type = %(rt)s AND x.param = %(p)s AND x.target_id = %(tid)s AND x.target_type = %(tt)s)) "
+    "ORDER BY id LIMIT %(n)s"
+)
+
+
+async def referring(
+    conn: AsyncConnection, tenant: str, resource_type: str, param: str, target_type: str, target_id: str, limit: int
+) -> list[StoredVersion]:
+    """Up to ``limit`` live ``resource_type`` resources whose reference parameter ``param`` is
+    ``target_type/target_id`` (unrestricted access: the caller narrows visibility itself)."""
+    binds = {"t": tenant, "rt": resource_type, "p": param, "tt": target_type, "tid": target_id, "n": limit}
+    cur = await conn.execute(_REFERRING_SQL, binds, prepare=True)
+    return [_row(row) for row in await cur.fetchall()]
+
+
 # ``_MATCH_TOKEN_SQL`` for several criteria in one round trip (the HL7 bridge's look-ups of one message):
 # the same lookup per criterion, as a LATERAL subquery over the criteria arrays.
 _MATCH_TOKENS_SQL = (

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from fhir_server.services.resources import ResourceService
+from fhir_server.storage import repository as repo
 from fhir_server.timeutil import now
 from fhir_server.workflows.appointments.model import (
     ACT_CODE,
@@ -65,7 +66,7 @@ async def next_token(conn: Any, tenant: str, practitioner: str, location: str | 
 
 
 async def existing_visit(conn: Any, tenant: str, appointment_id: str) -> Visit | None:
-    found = await search(conn, tenant, "Encounter", [("appointment", f"Appointment/{appointment_id}")])
+    found = await repo.referring(conn, tenant, "Encounter", "appointment", "Appointment", appointment_id, 1)
     if not found:
         return None
     enc = orjson.loads(found[0].content or "{}")

@@ -28,7 +28,6 @@ the caller's.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -37,6 +36,7 @@ from fhir_server.auth.visibility import UNRESTRICTED
 from fhir_server.errors import ResourceGone, ResourceNotFound, UnprocessableEntity, VersionConflict
 from fhir_server.services import hooks
 from fhir_server.services.resources import BoundDatabase, ResourceService
+from fhir_server.storage import repository as repo
 from fhir_server.timeutil import now
 from fhir_server.workflows.appointments import checkin, transitions
 from fhir_server.workflows.appointments.model import (
@@ -49,13 +49,13 @@ from fhir_server.workflows.appointments.model import (
     instant,
     lock,
     ref_id,
-    search,
     slot_ids,
     status_of,
     utc,
 )
 
 _FULFIL_FROM = ("arrived", "checked-in")
+_MAX_ON_ONE = 100_000  # appointments on one slot / of one patient: all of them
 
 
 # ---- guard ------------------------------------------------------------------------------------
@@ -92,7 +92,10 @@ async def _read(svc: ResourceService, conn: Any, resource_type: str, rid: str, e
 
 
 async def _holding(conn: Any, tenant: str, slot_id: str) -> int:
-    return len(await search(conn, tenant, "Appointment", [("slot", f"Slot/{slot_id}"), ("status", ",".join(HOLDING))]))
+    """Appointments holding a place on the Slot (through the reference index directly: the same
+    plan on a table without statistics; a slot has few appointments, their status is read here)."""
+    found = await repo.referring(conn, tenant, "Appointment", "slot", "Slot", slot_id, _MAX_ON_ONE)
+    return sum(1 for v in found if status_of(orjson.loads(v.content or "{}")) in HOLDING)
 
 
 async def _check_and_sync_slots(conn: Any, svc: ResourceService, event: hooks.WriteEvent,
@@ -135,15 +138,14 @@ async def _check_overlap(conn: Any, tenant: str, appointment: dict[str, Any], pa
         return
     end = end or start
     for pid in patients:
-        found = await search(conn, tenant, "Appointment", [
-            ("patient", f"Patient/{pid}"), ("status", ",".join(ACTIVE)),
-            ("date", f"lt{utc(end if end > start else start + timedelta(microseconds=1))}"),
-            ("date", f"ge{utc(start - timedelta(days=2))}"),
-        ])
-        for other in found:
+        # the patient's appointments through the reference index (see ``_holding``); status and
+        # times are read here
+        for other in await repo.referring(conn, tenant, "Appointment", "patient", "Patient", pid, _MAX_ON_ONE):
             if other.id == appointment.get("id"):
                 continue
             o = orjson.loads(other.content or "{}")
+            if status_of(o) not in ACTIVE:
+                continue
             o_start, o_end = instant(o.get("start")), instant(o.get("end"))
             if o_start is None:
                 continue
@@ -216,7 +218,7 @@ async def check_in(conn: Any, service: ResourceService, appointment: dict[str, A
 
 async def _finish_encounters(conn: Any, service: ResourceService, appointment_id: str) -> None:
     svc = _unrestricted(service, conn)
-    for found in await search(conn, service.tenant, "Encounter", [("appointment", f"Appointment/{appointment_id}")]):
+    for found in await repo.referring(conn, service.tenant, "Encounter", "appointment", "Appointment", appointment_id, 100):
         enc = orjson.loads(found.content or "{}")
         if enc.get("status") in ("finished", "cancelled", "entered-in-error"):
             continue

@@ -71,14 +71,6 @@ async def items_of_group(conn: Any, service: ResourceService, prescription: str)
     return await find_matches(conn, service.tenant, "MedicationRequest", query, limit=MAX_ITEMS, access=service.access)
 
 
-_REFERRING_SQL = (
-    "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content::text FROM resource r "
-    "WHERE r.tenant_id = %(t)s AND r.resource_type = %(rt)s AND NOT r.deleted AND r.id = ANY(ARRAY("
-    "SELECT x.resource_id FROM idx_reference x WHERE x.tenant_id = %(t)s AND x.resource_type = %(rt)s "
-    "AND x.param = %(p)s AND x.target_type = %(tt)s AND x.target_id = %(tid)s)) ORDER BY r.id LIMIT %(n)s"
-)
-
-
 async def referring(
     conn: Any, service: ResourceService, resource_type: str, param: str, target_type: str, target_id: str, limit: int,
 ) -> list[StoredVersion]:
@@ -86,9 +78,7 @@ async def referring(
     ``target_type/target_id`` (the index directly for an unrestricted caller; else the search, which
     applies the caller's visibility)."""
     if service.access.unrestricted:
-        binds = {"t": service.tenant, "rt": resource_type, "p": param, "tt": target_type, "tid": target_id, "n": limit}
-        cur = await conn.execute(_REFERRING_SQL, binds, prepare=True)
-        return [StoredVersion(*row) for row in await cur.fetchall()]
+        return await repo.referring(conn, service.tenant, resource_type, param, target_type, target_id, limit)
     query = urlencode({param: f"{target_type}/{target_id}"})
     return await find_matches(conn, service.tenant, resource_type, query, limit=limit, access=service.access)
 
