@@ -307,6 +307,51 @@ def test_fuzzy_search_with_criteria_and_errors(client: httpx.Client, catalogue: 
     assert_outcome(client.get("/Medication/$fuzzy-search"), 400)
 
 
+def _letters() -> str:
+    """A unique run of letters (digits would change the trigrams a name is matched on)."""
+    return "".join(chr(ord("g") + int(c, 16)) for c in uuid.uuid4().hex[:6])
+
+
+def _fuzzy_ids(client: httpx.Client, name: str, **criteria: str) -> list[str]:
+    r = client.get("/Medication/$fuzzy-search", params={"name": name, "_count": "20", **criteria})
+    assert r.status_code == 200, r.text
+    return [e["resource"]["id"] for e in r.json()["entry"] if e["search"]["mode"] == "match"]
+
+
+def test_fuzzy_search_follows_renames_through_the_stored_fold(client: httpx.Client, database_url: str) -> None:
+    """$fuzzy-search: the folded name is stored with the index rows at write time (migration 0018) and
+    replaced on update (http.html#update), so a renamed medication is found by its new name only."""
+    tok = _letters()
+    r = client.post("/Medication", json=homeopathic(f"Qelshadhi{tok} 30C", "30C"))
+    assert r.status_code == 201, r.text
+    mid = r.json()["id"]
+    assert mid in _fuzzy_ids(client, f"qelsadi{tok}")  # sh → s, dh → d
+    with psycopg.connect(database_url) as conn:
+        folds = conn.execute(
+            "SELECT name_fold, medication_name_fold(value_norm) FROM idx_string"
+            " WHERE resource_type = 'Medication' AND resource_id = %s AND param = 'name'",
+            (mid,),
+        ).fetchall()
+    assert len(folds) == 1 and folds[0][0] == folds[0][1] and folds[0][0].startswith("qelsadi")
+    renamed = homeopathic(f"Vormilex{tok} 30C", "30C") | {"id": mid}
+    assert client.put(f"/Medication/{mid}", json=renamed).status_code == 200
+    assert mid not in _fuzzy_ids(client, f"qelsadi{tok}")
+    assert mid in _fuzzy_ids(client, f"vormilx{tok}")
+    assert mid in _fuzzy_ids(client, f"vormilx{tok}", **{"system-of-medicine": "homeopathic"})
+    assert mid not in _fuzzy_ids(client, f"vormilx{tok}", **{"system-of-medicine": "ayurvedic"})
+
+
+def test_fuzzy_search_orders_equal_scores_by_closeness(client: httpx.Client) -> None:
+    """$fuzzy-search: names scoring alike (both start with the value: score 1) come closest whole name first."""
+    tok = _letters()
+    long_id = client.post("/Medication", json=homeopathic(f"Zentavo{tok} montana rubra major 200C", "200C")).json()["id"]
+    short_id = client.post("/Medication", json=homeopathic(f"Zentavo{tok} 6C", "6C")).json()["id"]
+    r = client.get("/Medication/$fuzzy-search", params={"name": f"zentavo{tok}"})
+    entries = [e for e in r.json()["entry"] if e["search"]["mode"] == "match"]
+    assert [e["resource"]["id"] for e in entries][:2] == [short_id, long_id]
+    assert [e["search"]["score"] for e in entries][:2] == [1.0, 1.0]
+
+
 @pytest.fixture(scope="module")
 def other_tenant(server: ServerProcess, database_url: str) -> Iterator[httpx.Client]:
     tid = "med" + uuid.uuid4().hex[:8]
