@@ -14,12 +14,12 @@ from starlette.middleware.cors import CORSMiddleware
 from fhir_server import logs
 from fhir_server.api import errors, routes
 from fhir_server.api.middleware import RequestIdAndLog
-from fhir_server.audit.middleware import AuditTrail
 from fhir_server.audit import switch as audit_switch
 from fhir_server.audit.chain import Sealer
+from fhir_server.audit.middleware import AuditTrail
 from fhir_server.audit.sink import AuditSink
-from fhir_server.auth.middleware import BearerAuth
 from fhir_server.auth import oauth
+from fhir_server.auth.middleware import BearerAuth
 from fhir_server.bulk import export as bulk_export
 from fhir_server.jobs.runner import JobRunner
 from fhir_server.ratelimit.middleware import RateLimit, RatePolicy, make_backend

@@ -179,10 +179,10 @@ def cmd_blobs(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     import psycopg
 
+    from fhir_server.audit.events import record_token_issue
     from fhir_server.auth.oauth.keys import load_server_keys
     from fhir_server.auth.oauth.runtime import max_token_lifetime
     from fhir_server.auth.tokens import OPERATOR_AUDIENCE, OPERATOR_ISSUER, issue_token
-    from fhir_server.audit.events import record_token_issue
 
     settings = _settings(args)
     with database(settings, upgrade=False) as url, psycopg.connect(url, autocommit=True) as conn:

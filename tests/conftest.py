@@ -107,7 +107,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 60) -> None:
         cmd = [sys.executable, "-m", "fhir_server.cli", "serve", "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115  (the child owns it)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

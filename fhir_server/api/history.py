@@ -16,6 +16,7 @@ from fhir_server.storage import repository as repo
 from fhir_server.storage.history import HistoryQuery, fetch_history
 from fhir_server.timeutil import parse_range
 
+
 def _query(request: Request, resource_type: str | None = None, resource_id: str | None = None) -> HistoryQuery:
     q = HistoryQuery(tenant_of(request), resource_type, resource_id, count=page_size(request), access=access_of(request))
     params = request.query_params
@@ -33,9 +34,12 @@ def _query(request: Request, resource_type: str | None = None, resource_id: str 
 
 async def _answer(request: Request, q: HistoryQuery) -> Response:
     async with database(request).connection() as conn:
-        if q.resource_id is not None and q.resource_type is not None:
-            if not await repo.exists_any_version(conn, q.tenant, q.resource_type, q.resource_id, access=q.access):
-                raise ResourceNotFound(f"{q.resource_type}/{q.resource_id} is not known")
+        if (
+            q.resource_id is not None
+            and q.resource_type is not None
+            and not await repo.exists_any_version(conn, q.tenant, q.resource_type, q.resource_id, access=q.access)
+        ):
+            raise ResourceNotFound(f"{q.resource_type}/{q.resource_id} is not known")
         versions, cursor = await fetch_history(conn, q)
     token = encode_cursor(cursor) if cursor else None
     return fhir_response(request, history_bundle(request, versions, token))

@@ -9,6 +9,7 @@ from fhir_server.api.responses import base_url, fhir_response
 from fhir_server.capabilities import capability_statement
 from fhir_server.timeutil import format_instant
 
+
 async def metadata(request: Request) -> Response:
     state = request.app.state
     base = base_url(request)  # per tenant: /fhir/{tenant}/metadata names the tenant's base

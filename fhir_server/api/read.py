@@ -10,6 +10,7 @@ from fhir_server.api.responses import fhir_response, resource_body, version_head
 from fhir_server.storage.repository import StoredVersion
 from fhir_server.timeutil import parse_http_date
 
+
 def _not_modified(request: Request, version: StoredVersion) -> bool:
     """If-None-Match / If-Modified-Since (http.html#cread)."""
     inm = request.headers.get("if-none-match")

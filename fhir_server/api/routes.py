@@ -21,14 +21,14 @@ from fhir_server.api import (  # noqa: F401  (operations register on import)
     history,
     metadata,
     operations,
-    ops_appointments,  # noqa: F401  ($book, $confirm, $cancel, $reschedule, $check-in, $complete, $no-show, $queue)
-    ops_availability,  # noqa: F401  (Appointment/$find, Schedule/$generate-slots)
+    ops_appointments,  # $book, $confirm, $cancel, $reschedule, $check-in, $complete, $no-show, $queue
+    ops_availability,  # Appointment/$find, Schedule/$generate-slots
     ops_everything,
-    ops_export,  # noqa: F401  ($export, $export-status, $export-file)
+    ops_export,  # $export, $export-status, $export-file
     ops_meta,
-    ops_pharmacy,  # noqa: F401  (MedicationRequest/$finalize, $print, $prescription-record, $dispense)
-    ops_reindex,  # noqa: F401  ($reindex, $reindex-status, $reindex-cancel)
-    ops_roles,  # noqa: F401  ($roles, $role-grant, $role-revoke, $role-reset)
+    ops_pharmacy,  # MedicationRequest/$finalize, $print, $prescription-record, $dispense
+    ops_reindex,  # $reindex, $reindex-status, $reindex-cancel
+    ops_roles,  # $roles, $role-grant, $role-revoke, $role-reset
     ops_validate,
     read,
     search,

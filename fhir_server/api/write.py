@@ -11,6 +11,7 @@ from fhir_server.api.negotiation import JSON_PATCH, check_request_media_type, re
 from fhir_server.api.responses import fhir_response, parse_if_match, write_response
 from fhir_server.errors import BadRequest, Issue, NotImplementedInteraction, operation_outcome
 
+
 def _criteria(request: Request) -> str:
     return request.url.query
 

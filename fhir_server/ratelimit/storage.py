@@ -29,7 +29,7 @@ _INCR = (
 
 
 class PostgresStorage(Storage):
-    STORAGE_SCHEME = ["fhir-postgresql"]
+    STORAGE_SCHEME = ["fhir-postgresql"]  # noqa: RUF012  (limits declares it `list[str] | None`, not ClassVar)
 
     def __init__(self, db: Database, **options: Any) -> None:
         super().__init__(None, wrap_exceptions=False)

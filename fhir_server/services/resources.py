@@ -292,9 +292,12 @@ class ResourceService:
         """The current version for a write: None if there is none; 404 if the caller may not see it
         (it must not be created over, nor told apart from a missing one by its answer)."""
         current = await repo.fetch_current(conn, self.tenant, resource_type, resource_id, access=self.access)
-        if current is None and not self.access.unrestricted:
-            if await repo.exists_any_version(conn, self.tenant, resource_type, resource_id):
-                raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
+        if (
+            current is None
+            and not self.access.unrestricted
+            and await repo.exists_any_version(conn, self.tenant, resource_type, resource_id)
+        ):
+            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
         return current
 
     # ---- update --------------------------------------------------------------------------

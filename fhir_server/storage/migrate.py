@@ -12,7 +12,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def sqlalchemy_url(libpq_url: str) -> str:
     """``postgresql://…`` → ``postgresql+psycopg://…`` (SQLAlchemy's name for psycopg 3)."""
-    scheme, sep, rest = libpq_url.partition("://")
+    scheme, _sep, rest = libpq_url.partition("://")
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
     return libpq_url
@@ -30,8 +30,8 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 
 def current(database_url: str) -> str | None:
-    from sqlalchemy import create_engine, pool
     from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine, pool
 
     engine = create_engine(sqlalchemy_url(database_url), poolclass=pool.NullPool)
     with engine.connect() as conn:

@@ -14,20 +14,19 @@ async def run_export(database_url: str, out: Path, *, tenant: str, types: list[s
     counts: dict[str, int] = {}
     handles = {}
     try:
-        async with db.connection() as conn:
-            async with conn.transaction():
-                cur = conn.cursor(name="export")
-                sql = "SELECT resource_type, content::text FROM resource WHERE tenant_id = %s AND NOT deleted"
-                params: list[object] = [tenant]
-                if types:
-                    sql += " AND resource_type = ANY(%s)"
-                    params.append(types)
-                await cur.execute(sql + " ORDER BY resource_type, id", params)
-                async for rtype, content in cur:
-                    if rtype not in handles:
-                        handles[rtype] = open(out / f"{rtype}.ndjson", "w", encoding="utf-8")  # noqa: SIM115
-                    handles[rtype].write(content + "\n")
-                    counts[rtype] = counts.get(rtype, 0) + 1
+        async with db.connection() as conn, conn.transaction():
+            cur = conn.cursor(name="export")
+            sql = "SELECT resource_type, content::text FROM resource WHERE tenant_id = %s AND NOT deleted"
+            params: list[object] = [tenant]
+            if types:
+                sql += " AND resource_type = ANY(%s)"
+                params.append(types)
+            await cur.execute(sql + " ORDER BY resource_type, id", params)
+            async for rtype, content in cur:
+                if rtype not in handles:
+                    handles[rtype] = open(out / f"{rtype}.ndjson", "w", encoding="utf-8")  # noqa: SIM115, ASYNC230  (one-shot CLI, nothing else on the loop)
+                handles[rtype].write(content + "\n")
+                counts[rtype] = counts.get(rtype, 0) + 1
     finally:
         for h in handles.values():
             h.close()

@@ -46,15 +46,14 @@ def _load(url: str, paths: list[Path], tenant: str, **kw: Any) -> LoadReport:
 def _examples_ndjson(path: Path) -> int:
     files = sorted(EXAMPLES.glob("*.json"))
     with open(path, "wb") as f:
-        for example in files:
-            f.write(orjson.dumps(orjson.loads(example.read_bytes())) + b"\n")
+        f.writelines(orjson.dumps(orjson.loads(example.read_bytes())) + b"\n" for example in files)
     return len(files)
 
 
 def _synthea_ndjson_gz(path: Path) -> dict[str, Any]:
     """One Synthea patient bundle as gzip'd NDJSON (``urn:uuid`` references made ``Type/id``, as a
     transaction would resolve them and an export holds them); its Patient."""
-    text = gzip.decompress(sorted(SYNTHEA.glob("*.json.gz"))[0].read_bytes()).decode()
+    text = gzip.decompress(min(SYNTHEA.glob("*.json.gz")).read_bytes()).decode()
     for entry in json.loads(text)["entry"]:
         if entry.get("fullUrl", "").startswith("urn:uuid:"):
             resource = entry["resource"]

@@ -15,7 +15,7 @@ from tests.conftest import SHARED_DATA, ServerProcess, server_env
 def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fhir_server.cli", *args],
-        env=server_env(DATABASE_URL=database_url), capture_output=True, text=True, timeout=600,
+        env=server_env(DATABASE_URL=database_url), capture_output=True, text=True, timeout=600, check=False,
     )
 
 

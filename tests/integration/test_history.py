@@ -22,7 +22,7 @@ def _versions(client: httpx.Client, n: int) -> tuple[str, list[dict]]:
 
 def test_instance_history_newest_first_with_request_and_response(client: httpx.Client) -> None:
     """http.html#history: newest first; entries carry request (method, url) and response (status, etag)."""
-    pid, versions = _versions(client, 3)
+    pid, _ = _versions(client, 3)
     b = client.get(f"/Patient/{pid}/_history").json()
     assert b["resourceType"] == "Bundle" and b["type"] == "history"
     assert [e["resource"]["meta"]["versionId"] for e in b["entry"]] == ["3", "2", "1"]

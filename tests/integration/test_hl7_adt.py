@@ -158,7 +158,7 @@ async def test_unknown_patient_refused_by_policy_is_ae_with_err_and_nothing_writ
 
 async def test_v23_ack_uses_err_1(listener: Any, database_url: str) -> None:
     """HL7 v2.3 Ch. 2 (Control) ERR segment: ERR-1 Error Code and Location (split into ERR-2/ERR-3 from v2.5)."""
-    app, _, tenant = new_sender(database_url, unknown_patient="refuse")
+    app, _, _ = new_sender(database_url, unknown_patient="refuse")
     async with MLLPClient(listener.port) as c:
         ack = await c.send(adt(app, "R23", "A01", version="2.3"))
     assert ack_code(ack) == "AE"

@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 import psycopg
@@ -45,7 +45,7 @@ class MLLPClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def __aenter__(self) -> MLLPClient:
+    async def __aenter__(self) -> Self:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         return self
 

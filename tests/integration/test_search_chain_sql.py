@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from fhir_server.search.compile import build_where
-from tests.integration.searchdb import insert_indexed, seeded_database
 from fhir_server.search.extract import extract_index_rows
+from tests.integration.searchdb import insert_indexed, seeded_database
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 BASE = "http://example.org/fhir"

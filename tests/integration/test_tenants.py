@@ -25,7 +25,7 @@ LOINC = "http://loinc.org"
 def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fhir_server.cli", *args],
-        env=server_env(DATABASE_URL=database_url), capture_output=True, text=True,
+        env=server_env(DATABASE_URL=database_url), capture_output=True, text=True, check=False,
     )
 
 

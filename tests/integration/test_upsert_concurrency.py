@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-import psycopg
 import httpx
+import psycopg
 
 from tests.integration.test_crud import new_patient
 

@@ -60,7 +60,7 @@ def test_labelling_another_facility_is_forbidden() -> None:
 def test_update_keeps_previous_labels_or_stays_tenant_wide() -> None:
     access = Access(("ward-a", "ward-b"), None)
     resource: dict[str, Any] = {"meta": {"tag": [{"code": "x"}]}}
-    prepare_write(access, resource, '{"meta": {"security": [{"system": "%s", "code": "ward-b"}]}}' % FACILITY_SYSTEM)
+    prepare_write(access, resource, '{"meta": {"security": [{"system": "' + FACILITY_SYSTEM + '", "code": "ward-b"}]}}')
     assert resource["meta"]["security"] == _label("ward-b") and resource["meta"]["tag"] == [{"code": "x"}]
     tenant_wide: dict[str, Any] = {}
     prepare_write(access, tenant_wide, "{}")
