@@ -14,6 +14,9 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 
+EXPLICIT_ONLY = 1 << 62  # prepare_threshold: only statements executed with prepare=True are prepared
+
+
 class Database:
     def __init__(self, url: str, *, min_size: int = 4, max_size: int = 16, application_name: str = "fhir-api") -> None:
         self.pool = AsyncConnectionPool(
@@ -21,11 +24,12 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             open=False,
-            # prepare_threshold None: no automatic server-side preparation. A prepared search would
-            # switch to PostgreSQL's generic plan after 5 runs, which ignores the bound values
-            # (bench/README.md "Search at scale": Observation patient+code 3 ms → 5.8 s). Writes and
-            # primary-key reads ask for preparation themselves (prepare=True).
-            kwargs={"autocommit": True, "application_name": application_name, "prepare_threshold": None},
+            # No AUTOMATIC server-side preparation: a prepared search would switch to PostgreSQL's
+            # generic plan after 5 runs, which ignores the bound values (bench/README.md "Search at
+            # scale": Observation patient+code 3 ms → 5.8 s). Fixed-shape writes and key lookups ask
+            # for it themselves (``prepare=True``). A threshold that is never reached, not None:
+            # psycopg ignores ``prepare=True`` on a connection whose threshold is None.
+            kwargs={"autocommit": True, "application_name": application_name, "prepare_threshold": EXPLICIT_ONLY},
         )
 
     async def open(self) -> None:
