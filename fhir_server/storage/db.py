@@ -13,7 +13,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-
 EXPLICIT_ONLY = 1 << 62  # prepare_threshold: only statements executed with prepare=True are prepared
 
 
@@ -45,6 +44,5 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A connection inside one database transaction: committed on exit, rolled back on error."""
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                yield conn
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn

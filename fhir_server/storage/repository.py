@@ -6,8 +6,8 @@ Callers hold the connection (and the transaction); this module only reads and wr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from datetime import datetime
+from functools import cache
 from typing import Any, Protocol
 
 from psycopg import AsyncConnection
@@ -352,12 +352,16 @@ async def replace_version(
 @cache
 def _create_many_sql(kinds: tuple[str, ...], audited: bool = True) -> str:
     parts = [
-        "w AS (INSERT INTO resource (tenant_id, resource_type, id, version_id, last_updated, deleted, content) "
-        "SELECT %(t)s, u.rt, u.id, 1, u.lu, false, u.content::jsonb "
-        "FROM unnest(%(rt)b::text[], %(id)b::text[], %(lu)b::timestamptz[], %(content)b::text[]) AS u(rt, id, lu, content) "
-        "ON CONFLICT (tenant_id, resource_type, id) DO NOTHING RETURNING resource_type, id, last_updated, content)",
-        "h AS (INSERT INTO resource_history (tenant_id, resource_type, id, version_id, last_updated, deleted, method, content) "
-        "SELECT %(t)s, w.resource_type, w.id, 1, w.last_updated, false, 'POST', w.content FROM w)",
+        (
+            "w AS (INSERT INTO resource (tenant_id, resource_type, id, version_id, last_updated, deleted, content) "
+            "SELECT %(t)s, u.rt, u.id, 1, u.lu, false, u.content::jsonb "
+            "FROM unnest(%(rt)b::text[], %(id)b::text[], %(lu)b::timestamptz[], %(content)b::text[]) AS u(rt, id, lu, content) "
+            "ON CONFLICT (tenant_id, resource_type, id) DO NOTHING RETURNING resource_type, id, last_updated, content)"
+        ),
+        (
+            "h AS (INSERT INTO resource_history (tenant_id, resource_type, id, version_id, last_updated, deleted, method, content) "
+            "SELECT %(t)s, w.resource_type, w.id, 1, w.last_updated, false, 'POST', w.content FROM w)"
+        ),
     ]
     if audited:
         parts.append(

@@ -302,7 +302,7 @@ def _older(new: dict[str, Any], stored: dict[str, Any]) -> bool:
         return False
     from datetime import datetime
 
-    return datetime.fromisoformat(a.replace("Z", "+00:00")) < datetime.fromisoformat(b.replace("Z", "+00:00"))
+    return datetime.fromisoformat(a) < datetime.fromisoformat(b)  # 3.11+ reads a trailing Z
 
 
 async def _stored_observations(ctx: HandlerContext, stored: dict[str, Any]) -> dict[tuple[Any, str], Any]:
