@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,35 +58,6 @@ def seed(base: str, slots: int, patients: int) -> None:
                    headers={"Prefer": "return=minimal"}).raise_for_status()
 
 
-async def run(base: str, bodies: list[tuple[str, dict[str, Any]]], concurrency: int) -> dict[str, Any]:
-    queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-    for b in bodies:
-        queue.put_nowait(b)
-    latencies: list[float] = []
-    codes: dict[int, int] = {}
-
-    async def worker(c: httpx.AsyncClient) -> None:
-        while True:
-            try:
-                path, body = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            t0 = time.perf_counter()
-            r = await c.post(path, json=body, headers={"Prefer": "return=minimal"})
-            latencies.append(time.perf_counter() - t0)
-            codes[r.status_code] = codes.get(r.status_code, 0) + 1
-
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as c:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    latencies.sort()
-    return {"requests": len(bodies), "seconds": round(wall, 2), "requests_per_s": round(len(bodies) / wall, 1),
-            "created_per_s": round(codes.get(201, 0) / wall, 1), "codes": codes,
-            "p50_ms": round(statistics.median(latencies) * 1000, 1),
-            "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1)}
-
-
 def book_body(slot: int, patient: int) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": [
         {"name": "slot", "valueReference": {"reference": f"Slot/s{slot}"}},
@@ -119,7 +87,7 @@ def main() -> int:
         base = f"http://{h.HOST}:{srv.port}/fhir"
         seed(base, n, 2 * n)
         print(f"seeded 1 doctor, {n} slots, {2 * n} patients; {args.concurrency} connections, {args.workers} workers")
-        plain = asyncio.run(run(base, [("/Appointment", plain_body(i)) for i in range(n)], args.concurrency))
+        plain = asyncio.run(h.post_all(base, [("POST", "/Appointment", plain_body(i)) for i in range(n)], args.concurrency))
         print(f"plain create : {plain['created_per_s']:8.1f} creates/s   p50 {plain['p50_ms']} ms  p99 {plain['p99_ms']} ms  {plain['codes']}")
         # each slot asked for twice, by two patients, within a few requests of each other
         order = [(s, 2 * s + k) for s in range(n) for k in (0, 1)]
@@ -127,7 +95,7 @@ def main() -> int:
             window = order[i:i + 8]
             rng.shuffle(window)
             order[i:i + 8] = window
-        booked = asyncio.run(run(base, [("/Appointment/$book", book_body(s, p)) for s, p in order], args.concurrency))
+        booked = asyncio.run(h.post_all(base, [("POST", "/Appointment/$book", book_body(s, p)) for s, p in order], args.concurrency))
         print(f"$book        : {booked['created_per_s']:8.1f} bookings/s ({booked['requests_per_s']} requests/s)  "
               f"p50 {booked['p50_ms']} ms  p99 {booked['p99_ms']} ms  {booked['codes']}")
         doubles = h.query(url, "SELECT a.content->'slot'->0->>'reference', count(*) FROM resource a "
@@ -143,11 +111,7 @@ def main() -> int:
               f"booked slots not busy: {not_busy} -> {'OK' if ok else 'FAILED'}")
         out = {"slots": n, "concurrency": args.concurrency, "workers": args.workers, "plain_create": plain,
                "book": booked, "double_booked_slots": len(doubles), "booked_not_busy": not_busy, "ok": ok}
-        results = h.BENCH / "results"
-        results.mkdir(exist_ok=True)
-        path = results / f"booking-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+        print(f"wrote {h.write_result('booking', out)}")
         return 0 if ok else 1
 
 

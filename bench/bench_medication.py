@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import random
 import statistics
 import sys
@@ -213,11 +212,7 @@ def main() -> int:
         for k, v in results.items():
             print(f"{k:13}: p50 {v['p50']:7.2f} ms   p95 {v['p95']:7.2f} ms   max {v['max']:7.2f} ms")
         print(f"fuzzy hits   : {out['fuzzy_hit_rate']:.1%} of misspelt names find the intended item in the top 20")
-        results_dir = h.BENCH / "results"
-        results_dir.mkdir(exist_ok=True)
-        path = results_dir / f"medication-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"written      : {path}")
+        print(f"written      : {h.write_result('medication', out)}")
     return 0
 
 

@@ -27,12 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -92,35 +88,6 @@ def seed(base: str, prescriptions: int, items: int) -> tuple[list[str], list[str
     return groups, baseline
 
 
-async def run(base: str, calls: list[tuple[str, str, dict[str, Any]]], concurrency: int) -> dict[str, Any]:
-    queue: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue()
-    for c in calls:
-        queue.put_nowait(c)
-    latencies: list[float] = []
-    codes: dict[int, int] = {}
-
-    async def worker(c: httpx.AsyncClient) -> None:
-        while True:
-            try:
-                method, path, body = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            t0 = time.perf_counter()
-            r = await c.request(method, path, json=body, headers={"Prefer": "return=minimal"})
-            latencies.append(time.perf_counter() - t0)
-            codes[r.status_code] = codes.get(r.status_code, 0) + 1
-
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as c:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    latencies.sort()
-    ok = sum(n for s, n in codes.items() if s < 300)
-    return {"requests": len(calls), "seconds": round(wall, 2), "ok_per_s": round(ok / wall, 1), "codes": codes,
-            "p50_ms": round(statistics.median(latencies) * 1000, 1),
-            "p99_ms": round(latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000, 1)}
-
-
 def line(name: str, r: dict[str, Any], unit: str) -> None:
     print(f"{name:22}: {r['ok_per_s']:8.1f} {unit}/s   p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  {r['codes']}")
 
@@ -147,31 +114,31 @@ def main() -> int:
         groups, baseline = seed(base, n, k)
         print(f"seeded {n} prescriptions x {k} items (+{n} baseline drafts); {conc} connections, {args.workers} workers")
         results: dict[str, Any] = {}
-        results["plain_update"] = asyncio.run(run(base, [
+        results["plain_update"] = asyncio.run(h.post_all(base, [
             ("PUT", f"/MedicationRequest/{b}", {**item(i, f"base-{i}", note="changed"), "id": b}) for i, b in enumerate(baseline)], conc))
         line("plain update (MR)", results["plain_update"], "updates")
-        results["finalize"] = asyncio.run(run(base, [
+        results["finalize"] = asyncio.run(h.post_all(base, [
             ("POST", "/MedicationRequest/$finalize", {"resourceType": "Parameters", "parameter": [{"name": "prescription", "valueString": f"{RX}|{g}"}]})
             for g in groups], conc))
         line("$finalize", results["finalize"], "finalizes")
         print(f"{'':22}  = {results['finalize']['ok_per_s'] * k:8.1f} items/s")
         otc = {"resourceType": "MedicationDispense", "status": "completed", "medicationCodeableConcept": {"text": "ORS"},
                "quantity": {"value": 5, "unit": "tablet"}}
-        results["plain_dispense"] = asyncio.run(run(base, [("POST", "/MedicationDispense", otc)] * (2 * n * k), conc))
+        results["plain_dispense"] = asyncio.run(h.post_all(base, [("POST", "/MedicationDispense", otc)] * (2 * n * k), conc))
         line("plain create (MD)", results["plain_dispense"], "dispenses")
         ids = [f"mr{p}-{i}" for p in range(n) for i in range(k)]
         rng.shuffle(ids)
         calls = [("POST", f"/MedicationRequest/{rid}/$dispense", dispense_body(5)) for rid in ids]
         rng.shuffle(ids)
         calls += [("POST", f"/MedicationRequest/{rid}/$dispense", dispense_body(5)) for rid in ids]
-        results["dispense"] = asyncio.run(run(base, calls, conc))
+        results["dispense"] = asyncio.run(h.post_all(base, calls, conc))
         line("$dispense", results["dispense"], "dispenses")
         # a fresh, finalized hot request: base0 is a draft of its own group
         with httpx.Client(base_url=base, timeout=60) as c:
             c.post("/MedicationRequest/$finalize", json={"resourceType": "Parameters", "parameter": [
                 {"name": "prescription", "valueString": f"{RX}|base-0"}]}).raise_for_status()
         hot = "base0"
-        results["contended_dispense"] = asyncio.run(run(base, [("POST", f"/MedicationRequest/{hot}/$dispense", dispense_body(1))] * 16, 16))
+        results["contended_dispense"] = asyncio.run(h.post_all(base, [("POST", f"/MedicationRequest/{hot}/$dispense", dispense_body(1))] * 16, 16))
         line("contended $dispense", results["contended_dispense"], "dispenses")
         over = h.query(url, """
             SELECT q.id, q.prescribed, coalesce(sum((d.content->'quantity'->>'value')::numeric), 0) AS dispensed
@@ -186,11 +153,7 @@ def main() -> int:
         print(f"check                 : {completed} requests completed (expect {n * k + 1}); over-dispensed: {len(over)} -> {'OK' if ok else 'FAILED'}")
         out = {"prescriptions": n, "items": k, "concurrency": conc, "workers": args.workers, **results,
                "over_dispensed": len(over), "completed": completed, "ok": ok}
-        folder = h.BENCH / "results"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"pharmacy-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps(out, indent=2))
-        print(f"wrote {path}")
+        print(f"wrote {h.write_result('pharmacy', out)}")
         return 0 if ok else 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import psutil
 import psycopg
@@ -276,3 +277,48 @@ def run_main(main: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped, databases dropped, temp dirs removed", file=sys.stderr)
         sys.exit(130)
+
+
+async def post_all(base: str, calls: list[tuple[str, str, Any]], concurrency: int) -> dict[str, Any]:
+    """Send ``calls`` ((method, path, JSON body), in order) over ``concurrency`` HTTP connections, each
+    taking the next call when its answer came; latencies, status counts, rates (``created_per_s``: 201s,
+    ``ok_per_s``: all 2xx)."""
+    import asyncio
+    import statistics
+
+    import httpx
+
+    queue: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+    for call in calls:
+        queue.put_nowait(call)
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+
+    async def worker(c: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            method, path, body = queue.get_nowait()
+            t0 = time.perf_counter()
+            r = await c.request(method, path, json=body, headers={"Prefer": "return=minimal"})
+            latencies.append(time.perf_counter() - t0)
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    latencies.sort()
+    ok = sum(n for status, n in codes.items() if status < 300)
+    return {"requests": len(calls), "seconds": round(wall, 2), "requests_per_s": round(len(calls) / wall, 1),
+            "created_per_s": round(codes.get(201, 0) / wall, 1), "ok_per_s": round(ok / wall, 1), "codes": codes,
+            "p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "p99_ms": round(latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000, 1)}
+
+
+def write_result(prefix: str, out: dict[str, Any]) -> Path:
+    """``bench/results/<prefix>-<timestamp>.json`` (the folder is git-ignored)."""
+    folder = BENCH / "results"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(out, indent=2))
+    return path
+
