@@ -97,9 +97,7 @@ class Bridge:
         err = ErrorDetail(reason, code)
         ack = build_ack("AR", None, error=err, fallback=fallback)
         try:
-            stored = await inbox.store(self.db, raw, tenant=None, app=fallback.get("3"), facility=fallback.get("4"),
-                                       control_id=None, message_type=None, version=fallback.get("12"), peer=peer)
-            await inbox.mark_error(self.db, stored.id, "AR", ack.text, reason, "", code)
+            await self._store_refused(raw, fallback, ack, err, peer)
         except Exception:
             log.exception("rejected frame could not be logged")
         return ack.encode()
@@ -127,13 +125,19 @@ class Bridge:
         fallback = _salvage(text)
         err = ErrorDetail(exc.reason, exc.code, exc.segment, exc.position, exc.field)
         ack = build_ack("AR", None, error=err, fallback=fallback)
+        message_id = await self._store_refused(raw, fallback, ack, err, peer)
+        log.info("malformed message refused", extra={"hl7_message": message_id, "reason": exc.reason})
+        return Outcome(ack, codec if codec != "utf-16" else "utf-8", message_id)
+
+    async def _store_refused(self, raw: bytes, fallback: dict[str, str], ack: Ack, err: ErrorDetail,
+                             peer: str | None) -> int:
+        """Log a frame refused before routing (AR, no tenant; MSH fields salvaged from the text): its row id."""
         stored = await inbox.store(
             self.db, raw, tenant=None, app=fallback.get("3"), facility=fallback.get("4"), control_id=None,
             message_type=None, version=fallback.get("12"), peer=peer,
         )
-        await inbox.mark_error(self.db, stored.id, "AR", ack.text, exc.reason, err.location, exc.code)
-        log.info("malformed message refused", extra={"hl7_message": stored.id, "reason": exc.reason})
-        return Outcome(ack, codec if codec != "utf-16" else "utf-8", stored.id)
+        await inbox.mark_error(self.db, stored.id, "AR", ack.text, err.reason, err.location, err.code)
+        return stored.id
 
     async def process(self, message_id: int, msg: Message, sender: Sender | None, *, peer: str | None = None,
                       replay: bool = False) -> Ack:

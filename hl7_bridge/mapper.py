@@ -166,15 +166,19 @@ class Mapper:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.segment_now: Segment | None = None  # the segment being mapped (functions may read its other fields)
+        self._overridden: dict[tuple[str, str], tuple[MapRow, ...]] = {}  # the sender's overrides, parsed once
 
     def _table(self, kind: str, name: str) -> tuple[MapRow, ...]:
         rows = load_map(kind, name)
         over = self.ctx.overrides.get(name)
         if not over:
             return rows
-        replaced = {o.get("field") or o.get("component") for o in over}
-        extra = tuple(r for r in _rows(_to_csv(over)) if r.fhir_path)
-        return tuple(r for r in rows if r.source not in replaced) + extra
+        done = self._overridden.get((kind, name))
+        if done is None:
+            replaced = {o.get("field") or o.get("component") for o in over}
+            extra = tuple(r for r in _rows(_to_csv(over)) if r.fhir_path)
+            done = self._overridden[(kind, name)] = tuple(r for r in rows if r.source not in replaced) + extra
+        return done
 
     # segment map: PID → Patient
     def segment(self, seg: Segment, name: str, into: dict[str, Any] | None = None) -> dict[str, Any]:

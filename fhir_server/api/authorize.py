@@ -19,6 +19,7 @@ from fhir_server.auth.role_overrides import PermissionStore
 from fhir_server.auth.scopes import parse_scopes
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import Forbidden
+from fhir_server.search.query_values import split_list
 
 __all__ = ["authorize", "authorize_entry", "permission_of", "readable_types", "require_operation"]
 
@@ -90,10 +91,6 @@ def narrow_types(request: Request, types: list[str], *, asked: bool) -> list[str
     return [t for t in types if t in readable]
 
 
-def _types_param(request: Request) -> list[str]:
-    return [t.strip() for v in request.query_params.getlist("_type") for t in v.split(",") if t.strip()]
-
-
 def _operation_read_only(name: str, level: str, resource_type: str | None) -> bool | None:
     from fhir_server.api.operations import find
 
@@ -122,7 +119,7 @@ def check(perm: Permission, shape: str, params: list[str], method: str, types: l
         read_only = _operation_read_only(name, level, rtype) if rtype is None or rtype in RESOURCE_TYPES else None
         if read_only is None:
             return  # not an operation of this server: the handler answers 404
-        require_operation(perm, name, params[0] if len(params) > 1 else None, read_only=read_only)
+        require_operation(perm, name, rtype, read_only=read_only)
         return
     interaction = _INTERACTION.get((shape, method))
     if interaction is None or (params and params[0] not in RESOURCE_TYPES):
@@ -141,7 +138,8 @@ async def authorize(request: Request, shape: str, params: list[str], method: str
     if not state or state.get("principal") is None:
         return
     perm = await permission_of(request)
-    check(perm, shape, params, method, _types_param(request) if shape == "" and method == "GET" else [])
+    types = split_list(request.query_params.getlist("_type")) if shape == "" and method == "GET" else []
+    check(perm, shape, params, method, types)
 
 
 async def authorize_entry(request: Request, method: str, path: str, query: str) -> None:
@@ -155,7 +153,5 @@ async def authorize_entry(request: Request, method: str, path: str, query: str) 
         return
     perm = await permission_of(request)
     shape, params = shape_of("/fhir/" + path)
-    types: list[str] = []
-    if shape == "" and method == "GET":
-        types = [t.strip() for k, v in parse_qsl(query) if k == "_type" for t in v.split(",") if t.strip()]
+    types = split_list([v for k, v in parse_qsl(query) if k == "_type"]) if shape == "" and method == "GET" else []
     check(perm, shape, params, "GET" if method == "HEAD" else method, types)

@@ -23,6 +23,7 @@ from fhir_server.api.responses import fhir_response
 from fhir_server.definitions.resource_types import RESOURCE_TYPES
 from fhir_server.errors import BadRequest, Issue, ResourceNotFound, operation_outcome
 from fhir_server.search.paging import PAGE_PARAM, decode_page, encode_page
+from fhir_server.search.query_values import split_list
 from fhir_server.services.everything import EverythingRequest, everything
 from fhir_server.storage.compartment import ORDER
 from fhir_server.timeutil import parse_range
@@ -32,7 +33,7 @@ _UNSUPPORTED = ("start", "end")
 
 
 def _types(call: OperationCall) -> list[str] | None:
-    raw = [t.strip() for v in call.texts("_type") for t in v.split(",") if t.strip()]
+    raw = split_list(call.texts("_type"))
     if not raw:
         return None
     unknown = [t for t in raw if t not in RESOURCE_TYPES]

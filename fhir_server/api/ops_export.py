@@ -42,6 +42,7 @@ from fhir_server.errors import BadRequest, Issue, ResourceNotFound, operation_ou
 from fhir_server.jobs import store
 from fhir_server.jobs.store import Job
 from fhir_server.search.compile import build_where
+from fhir_server.search.query_values import split_list
 from fhir_server.search.ranges import date_range
 from fhir_server.timeutil import format_instant, http_date, now
 
@@ -67,12 +68,8 @@ def _check_headers(request: Request) -> None:
         raise BadRequest("$export answers in application/fhir+json (Accept)", expression="Accept")
 
 
-def _split(values: list[str]) -> list[str]:
-    return [t.strip() for v in values for t in v.split(",") if t.strip()]
-
-
 def _types(call: OperationCall, level: str) -> list[str]:
-    asked = _split(call.texts("_type"))
+    asked = split_list(call.texts("_type"))
     unknown = [t for t in asked if t not in RESOURCE_TYPES]
     if unknown:
         raise BadRequest(f"_type: {', '.join(unknown)} is not a FHIR R4 resource type", expression="_type")

@@ -38,6 +38,7 @@ import orjson
 from psycopg import AsyncConnection
 
 from fhir_server.storage.db import Database
+from fhir_server.storage.locks import lock_key
 
 log = logging.getLogger("fhir_server.audit")
 
@@ -73,11 +74,6 @@ def canonical(row: tuple[Any, ...]) -> bytes:
 
 def link_hash(previous: bytes, row: tuple[Any, ...]) -> bytes:
     return hashlib.sha256(previous + canonical(row)).digest()
-
-
-def _lock_key(tenant: str) -> int:
-    digest = hashlib.blake2b(b"audit-seal\x1f" + tenant.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 # every tenant with audit (or seal) rows, by a loose index scan of the primary key
@@ -139,7 +135,7 @@ async def seal_tenant(conn: AsyncConnection, tenant: str, batch: int = BATCH) ->
     """One sealing step for ``tenant`` on ``conn`` (autocommit): up to ``batch`` rows, in one
     transaction. None if another process holds the tenant's sealing lock right now."""
     async with conn.transaction():
-        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(tenant),))
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_key("audit-seal", tenant),))
         got = await cur.fetchone()
         if not got or not got[0]:
             return None

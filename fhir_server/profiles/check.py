@@ -27,7 +27,7 @@ class _Compiled:
     def __init__(self) -> None:
         from fhir_server.validation import default_validator
 
-        validator = default_validator()
+        self.validator = validator = default_validator()  # the profiles are compiled into it
         self.extensions: dict[str, ExtensionDef] = {}
         self.profiles: dict[str, ProfileRules] = {}
         for sd in catalog().structure_definitions():
@@ -70,12 +70,11 @@ def claimed_profiles(resource: dict[str, Any]) -> list[str]:
     return [u for p in profiles if type(p) is str and (u := p.split("|")[0]) in known]
 
 
-def profile_issues(resource: dict[str, Any], urls: list[str]) -> list[Issue]:
-    """R4 issues plus those of each profile in ``urls`` (an unknown url is a ``not-found`` error)."""
-    from fhir_server.validation import default_validator
-
+def profile_issues(resource: dict[str, Any], urls: list[str], *, base: bool = True) -> list[Issue]:
+    """R4 issues plus those of each profile in ``urls`` (an unknown url is a ``not-found`` error).
+    ``base=False``: the profiles' issues only (a write path that has just validated base R4)."""
     c = compiled()
-    issues = default_validator().validate(resource, urls)
+    issues = c.validator.validate(resource, urls, base=base)
     for url in urls:
         rules = c.profiles.get(url.split("|")[0])
         if rules is not None and resource.get("resourceType") == rules.type:

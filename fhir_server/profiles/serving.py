@@ -22,7 +22,6 @@ Read-only: ``readonly.py`` refuses (403) any other write of a resource with a pa
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from typing import Any
 
@@ -34,6 +33,7 @@ from fhir_server.errors import FhirError
 from fhir_server.services.resources import BoundDatabase, ResourceService
 from fhir_server.services.validate import check_resource
 from fhir_server.storage import repository as repo
+from fhir_server.storage.locks import advisory_lock
 
 from .catalog import SERVED_TYPES, catalog
 
@@ -44,11 +44,6 @@ SEED_ACTOR = Actor(SEED_AGENT)
 
 _seeded: set[str] = set()
 _locks: dict[str, asyncio.Lock] = {}
-
-
-def _lock_key(tenant: str) -> int:
-    digest = hashlib.blake2b(f"project-definitions\x1f{tenant}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def _same(stored: str | None, packaged: dict[str, Any]) -> bool:
@@ -65,7 +60,7 @@ async def seed_tenant(db: Any, tenant: str) -> int:
     """Write the packaged definitions missing (or changed) in ``tenant``; returns how many were written."""
     written = 0
     async with db.transaction() as conn:
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(tenant),))
+        await advisory_lock(conn, "project-definitions", tenant)
         service = ResourceService(BoundDatabase(conn), tenant, SEED_ACTOR)
         for res in catalog().resources():
             current = await repo.fetch_current(conn, tenant, res["resourceType"], res["id"])

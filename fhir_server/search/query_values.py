@@ -56,3 +56,8 @@ def split_prefix(value: str) -> tuple[str | None, str]:
 def like_escape(value: str) -> str:
     """Make ``value`` literal inside a LIKE pattern (default escape character ``\\``)."""
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def split_list(values: list[str]) -> list[str]:
+    """The items of comma-separated parameter values (``_type=A,B&_type=C``), stripped, blanks dropped."""
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]

@@ -33,7 +33,7 @@ from fhir_server.audit.actor import Actor
 if TYPE_CHECKING:
     from fhir_server.services.resources import ResourceService
 
-__all__ = ["HOOK_MODULES", "WriteEvent", "after_write", "afters_for", "guard", "guards_for", "has_after", "has_hooks"]
+__all__ = ["HOOK_MODULES", "WriteEvent", "after_write", "afters_for", "guard", "guards_for", "has_after", "has_hooks", "run_guards"]
 
 # dotted module names whose import registers hooks (append yours)
 HOOK_MODULES: tuple[str, ...] = (
@@ -70,7 +70,10 @@ _lock = threading.Lock()
 
 
 def _load() -> None:
+    """Import ``HOOK_MODULES`` once per process (on the first call that asks for hooks)."""
     global _loaded
+    if _loaded:
+        return
     with _lock:
         if not _loaded:
             for name in HOOK_MODULES:
@@ -95,24 +98,26 @@ def after_write(*resource_types: str) -> Callable[[After], After]:
 
 
 def has_hooks(resource_type: str) -> bool:
-    if not _loaded:
-        _load()
+    _load()
     return resource_type in _guards or resource_type in _afters
 
 
 def has_after(resource_type: str) -> bool:
-    if not _loaded:
-        _load()
+    _load()
     return resource_type in _afters
 
 
 def guards_for(resource_type: str) -> list[Guard]:
-    if not _loaded:
-        _load()
+    _load()
     return _guards.get(resource_type, [])
 
 
 def afters_for(resource_type: str) -> list[After]:
-    if not _loaded:
-        _load()
+    _load()
     return _afters.get(resource_type, [])
+
+
+def run_guards(event: WriteEvent) -> None:
+    """Every guard of the event's type, in registration order (the first to object raises)."""
+    for check in guards_for(event.resource_type):
+        check(event)

@@ -126,10 +126,10 @@ async def change_meta(
         if issues:
             raise InvalidResource(f"{resource_type} with the new meta fails validation against FHIR R4", issues=issues)
         # the workflow rules see a meta change like any write (a finalized prescription's tag stays)
-        event = hooks.WriteEvent(tenant, resource_type, resource_id, orjson.loads(current.content or "{}"), resource,
-                                 "PATCH", actor)
-        for check in hooks.guards_for(resource_type):
-            check(event)
+        if hooks.has_hooks(resource_type):
+            hooks.run_guards(hooks.WriteEvent(
+                tenant, resource_type, resource_id, orjson.loads(current.content or "{}"), resource, "PATCH", actor,
+            ))
         content = orjson.dumps(resource).decode()
         written = await rewrite_meta(
             conn, tenant, resource_type, resource_id, current.version_id, content, extract_index_rows(resource), actor

@@ -6,7 +6,6 @@ live here, so every entry point (REST, bundles, operations, the HL7 bridge) gets
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from fhir_server.services.conditional import find_matches
 from fhir_server.services.validate import check_resource
 from fhir_server.storage import repository as repo
 from fhir_server.storage.db import Database
+from fhir_server.storage.locks import advisory_lock, lock_key
 from fhir_server.storage.repository import StoredVersion
 from fhir_server.timeutil import format_instant, now
 
@@ -83,11 +83,6 @@ async def _index_rows(conn: Any, tenant: str, resource: dict[str, Any]) -> Any:
     from fhir_server.search.custom import index_rows
 
     return await index_rows(conn, tenant, resource)
-
-
-def _lock_key(*parts: str) -> int:
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 class BoundDatabase:
@@ -273,8 +268,7 @@ class ResourceService:
         if not hooks.has_hooks(resource_type):
             return None
         event = hooks.WriteEvent(self.tenant, resource_type, resource_id, before, after, method, self.actor)
-        for check in hooks.guards_for(resource_type):
-            check(event)
+        hooks.run_guards(event)
         return event
 
     async def _after(self, conn: Any, event: hooks.WriteEvent, actor: Actor | None = None) -> None:
@@ -482,10 +476,10 @@ class ResourceService:
 
     async def lock_in(self, conn: Any, kind: str, resource_type: str, query: str) -> None:
         """Serialise conditional writes on the same criteria, so that two never both create."""
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key(kind, resource_type, query),))
+        await advisory_lock(conn, self.tenant, kind, resource_type, query)
 
     def lock_key(self, kind: str, resource_type: str, query: str) -> int:
-        return _lock_key(self.tenant, kind, resource_type, query)
+        return lock_key(self.tenant, kind, resource_type, query)
 
 
 def _check_if_match(if_match: int | None, current_version: int) -> None:

@@ -118,14 +118,18 @@ class Validator:
         return td
 
     # -- validation --------------------------------------------------------------------------------
-    def validate(self, resource: Any, profiles: list[str] | tuple[str, ...] | None = None) -> list[Issue]:
-        """All issues found in ``resource`` (errors, and warnings that do not block a write)."""
+    def validate(
+        self, resource: Any, profiles: list[str] | tuple[str, ...] | None = None, *, base: bool = True
+    ) -> list[Issue]:
+        """All issues found in ``resource`` (errors, and warnings that do not block a write).
+        ``base=False``: only the ``profiles`` pass (the caller has just validated against base R4)."""
         issues: list[Issue] = []
-        try:
-            self._walker.root(resource, issues)
-        except RecursionError:
-            issues.append(Issue("error", "too-costly", "the resource is nested too deeply to validate", None))
-            return issues
+        if base:
+            try:
+                self._walker.root(resource, issues)
+            except RecursionError:
+                issues.append(Issue("error", "too-costly", "the resource is nested too deeply to validate", None))
+                return issues
         if profiles and type(resource) is dict:
             rt = resource.get("resourceType")
             for url in profiles:

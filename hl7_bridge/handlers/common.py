@@ -25,7 +25,7 @@ from hl7_bridge.mapper import Mapper
 from hl7_bridge.senders import Sender
 from mappings.functions import MappingError
 
-__all__ = ["HandlerContext", "Refused", "Work", "criteria", "identifier_query"]
+__all__ = ["HandlerContext", "Refused", "Work", "identifier_query", "token_value", "type_code"]
 
 _SAFE = ":/.-_~\\"
 _NS = uuid.UUID("5b3c1d7e-8f0a-4c2b-9d6e-1a2b3c4d5e6f")
@@ -35,15 +35,16 @@ class Refused(MappingError):
     """The application refuses the message on purpose (unknown patient under the refuse policy…): AE."""
 
 
+def token_value(ident: dict[str, Any]) -> str:
+    """The identifier's value for a search token, escaped (its own ``\\``, ``|``, ``,``, ``$``) and URL-quoted."""
+    value = str(ident.get("value", "")).replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+    return quote(value, safe=_SAFE)
+
+
 def identifier_query(ident: dict[str, Any]) -> str:
     """``identifier=system|value`` (search token syntax, the value's own ``|``, ``,``, ``$`` escaped)."""
-    value = str(ident.get("value", "")).replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
     system = str(ident.get("system", "")).replace("|", "\\|").replace(",", "\\,")
-    return "identifier=" + quote(system, safe=_SAFE) + "|" + quote(value, safe=_SAFE)
-
-
-def criteria(ident: dict[str, Any]) -> str:
-    return identifier_query(ident)
+    return "identifier=" + quote(system, safe=_SAFE) + "|" + token_value(ident)
 
 
 @dataclass(slots=True)
@@ -84,7 +85,7 @@ class HandlerContext:
     async def lock(self, kind: str, resource_type: str, query: str) -> None:
         """The advisory lock the Bundle service (and REST) takes for this conditional interaction;
         taken early so a read-then-decide (out-of-order results, merges) cannot race."""
-        await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.service.lock_key(kind, resource_type, query),), prepare=True)
+        await self.service.lock_in(self.conn, kind, resource_type, query)
 
     async def find_one(self, resource_type: str, query: str, *, kind: str = COND_UPDATE) -> StoredVersion | None:
         matches = await self.find_all(resource_type, query, kind=kind)
@@ -159,7 +160,7 @@ class HandlerContext:
         idents = patient.get("identifier") or []
         if not idents or not idents[0].get("value"):
             raise MappingError("PID-3 (patient identifier list) is required to match the patient", "PID-3", "101")
-        key = next((i for i in idents if _type_code(i) == "MR" and i.get("value")), idents[0])
+        key = next((i for i in idents if type_code(i) == "MR" and i.get("value")), idents[0])
         return patient, {"system": key.get("system"), "value": key["value"]}
 
     def patient_query(self, pid: Segment) -> str:
@@ -188,7 +189,7 @@ class HandlerContext:
         return url
 
 
-def _type_code(ident: dict[str, Any]) -> str | None:
+def type_code(ident: dict[str, Any]) -> str | None:
     codings = (ident.get("type") or {}).get("coding") or []
     return codings[0].get("code") if codings else None
 

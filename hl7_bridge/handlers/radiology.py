@@ -71,13 +71,8 @@ def is_radiology(ctx: HandlerContext, obr: Segment) -> bool:
 async def oru_group(ctx: HandlerContext, work: Work, group: dict[str, Any], patient_ref: str) -> None:
     obr: Segment = group["obr"]
     orc: Segment | None = group["orc"]
-    placer = (lab._order_identifier(ctx, orc, 2, "PLAC") if orc else None) or lab._order_identifier(ctx, obr, 2, "PLAC")
-    filler = (lab._order_identifier(ctx, orc, 3, "FILL") if orc else None) or lab._order_identifier(ctx, obr, 3, "FILL")
-    if placer is None and filler is None:
-        raise MappingError("OBR-3 (filler order number) or OBR-2 (placer order number) is required", "OBR-3", "101")
-    key = filler or placer
-    assert key is not None
-    found = await ctx.find_one("DiagnosticReport", identifier_query(key), kind=COND_UPDATE)
+    placer, filler, key, report_query = lab._order_keys(ctx, group)
+    found = await ctx.find_one("DiagnosticReport", report_query, kind=COND_UPDATE)
     report = {"resourceType": "DiagnosticReport", **ctx.mapper.segment(obr, "OBR_DiagnosticReport")}
     if "status" not in report:
         if obr.valued(25):

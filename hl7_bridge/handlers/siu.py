@@ -32,7 +32,7 @@ from urllib.parse import quote
 from fhir_server.services.conditional import find_matches
 from hl7_bridge.decode import Segment
 from hl7_bridge.handlers.adt import location_ref, practitioner_ref
-from hl7_bridge.handlers.common import HandlerContext, Work, identifier_query, merge_resource
+from hl7_bridge.handlers.common import HandlerContext, Work, identifier_query, merge_resource, token_value, type_code
 from hl7_bridge.mapper import vocab
 from mappings.functions import MappingError, dtm_to_instant, duration_seconds, minutes_between, shift_datetime
 
@@ -46,17 +46,11 @@ _PARTICIPANTS = (("AIP", "AIP_AppointmentParticipant"), ("AIL", "AIL_Appointment
                  ("AIG", "AIG_AppointmentParticipant"))
 
 
-def _type_code(ident: dict[str, Any]) -> str:
-    codings = (ident.get("type") or {}).get("coding") or [{}]
-    return str(codings[0].get("code") or "")
-
-
 def appointment_query(ident: dict[str, Any]) -> str:
     """``identifier=system|value&identifier:of-type=v2-0203|FILL|value``: a placer id and a filler id
     with the same value (same system when no authority is sent) stay different appointments."""
-    value = str(ident.get("value", "")).replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
     return (identifier_query(ident) + "&identifier:of-type=" + quote(V2_0203, safe=":/.-_~") + "|"
-            + _type_code(ident) + "|" + quote(value, safe=":/.-_~\\"))
+            + (type_code(ident) or "") + "|" + token_value(ident))
 
 
 def _instant(ctx: HandlerContext, seg: Segment, n: int, comp: int = 1) -> str | None:
@@ -134,8 +128,8 @@ def status_for(event: str, sch: Segment, stored: dict[str, Any]) -> str:
 
 async def _find(ctx: HandlerContext, idents: list[dict[str, Any]]) -> tuple[Any, str]:
     """The stored Appointment (by filler id, else placer id) and the query that keys it."""
-    keyed = sorted((i for i in idents if _type_code(i) in ("FILL", "PLAC") and i.get("value")),
-                   key=lambda i: _type_code(i) != "FILL")
+    keyed = sorted((i for i in idents if type_code(i) in ("FILL", "PLAC") and i.get("value")),
+                   key=lambda i: type_code(i) != "FILL")
     if not keyed:
         raise MappingError("SCH-1 or SCH-2 (placer/filler appointment id) is required", "SCH-2", "101")
     found, query = None, appointment_query(keyed[0])

@@ -13,13 +13,9 @@ from typing import Any
 
 import psycopg
 
+from hl7_bridge.cli import _db
+
 __all__ = ["add_outbound_parsers", "start_outbox_child"]
-
-
-def _db(args: argparse.Namespace) -> Any:
-    from fhir_server.cli import _settings, database
-
-    return database(_settings(args), upgrade=False)
 
 
 def _split(values: list[str] | None) -> list[str]:

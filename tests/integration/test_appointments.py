@@ -171,7 +171,7 @@ def test_100_concurrent_bookings_of_one_slot_give_exactly_one(world: World) -> N
 
 
 def test_overlapping_bookings_by_one_patient_are_refused(world: World) -> None:
-    """A patient cannot hold two overlapping active appointments (other doctors' slots too) → 409."""
+    """A patient cannot hold two overlapping active appointments (other doctors' slots too) → 409. R4 appointment.html (Appointment.participant, start/end)."""
     pat, d1, d2 = world.patient(), world.doctor(), world.doctor()
     start = future()
     s1 = world.slot(d1, start, minutes=30)
@@ -187,7 +187,7 @@ def test_overlapping_bookings_by_one_patient_are_refused(world: World) -> None:
 
 def test_overbooking_up_to_the_slot_capacity(world: World) -> None:
     """Overbooking only where the slot allows it (slot-capacity extension), up to its limit; the slot
-    stays free until full."""
+    stays free until full. R4 slot.html (Slot.status, overbooked), appointment.html (Appointment.slot)."""
     doc = world.doctor()
     sid = world.slot(doc, future(), capacity=3)
     ids = []
@@ -205,7 +205,7 @@ def test_overbooking_up_to_the_slot_capacity(world: World) -> None:
 
 
 def test_plain_rest_writes_obey_the_same_rules(world: World) -> None:
-    """A POST/PUT of a booked Appointment on a slot goes through the same check as $book (write hooks)."""
+    """A POST/PUT of a booked Appointment on a slot goes through the same check as $book (write hooks). R4 appointment.html (Appointment.slot), http.html#create/#update."""
     doc, p1, p2 = world.doctor(), world.patient(), world.patient()
     start = future()
     sid = world.slot(doc, start)
@@ -261,7 +261,7 @@ def test_lifecycle_proposed_booked_arrived_fulfilled(world: World) -> None:
 
 
 def test_encounter_finishing_fulfils_the_appointment(world: World) -> None:
-    """An OPD Encounter set to finished (plain update) fulfils its arrived Appointment."""
+    """An OPD Encounter set to finished (plain update) fulfils its arrived Appointment. R4 appointment.html (Appointment.status fulfilled), encounter.html (Encounter.appointment)."""
     doc, pat = world.doctor(), world.patient()
     aid = book(world, world.slot(doc, future()), pat).json()["id"]
     enc = {p["name"]: p for p in world.admin.post(f"/Appointment/{aid}/$check-in").json()["parameter"]}["encounter"]["resource"]
@@ -273,7 +273,7 @@ def test_encounter_finishing_fulfils_the_appointment(world: World) -> None:
 
 def test_illegal_transitions_answer_409_naming_the_allowed_ones(world: World) -> None:
     """Each illegal move → 409 OperationOutcome, expression Appointment.status, listing the allowed
-    next statuses; the Appointment is unchanged."""
+    next statuses; the Appointment is unchanged. R4 appointment.html (Appointment.status), operationoutcome.html."""
     doc, pat = world.doctor(), world.patient()
     aid = book(world, world.slot(doc, future()), pat).json()["id"]
     current = world.admin.get(f"/Appointment/{aid}").json()
@@ -303,7 +303,7 @@ def test_illegal_transitions_answer_409_naming_the_allowed_ones(world: World) ->
 
 def test_cancel_needs_a_reason_and_frees_the_slot(world: World) -> None:
     """$cancel requires cancelationReason (400 otherwise, nothing changes); it frees the slot, which
-    can be booked again."""
+    can be booked again. R4 appointment.html (Appointment.cancelationReason), slot.html (Slot.status), operations.html."""
     doc, pat = world.doctor(), world.patient()
     sid = world.slot(doc, future())
     aid = book(world, sid, pat).json()["id"]
@@ -320,7 +320,7 @@ def test_cancel_needs_a_reason_and_frees_the_slot(world: World) -> None:
 
 def test_no_show_only_after_the_grace_period_and_the_job(world: World) -> None:
     """booked → noshow only after start + FHIR_NOSHOW_GRACE_MINUTES (15); `fhir-server appointments
-    mark-noshows` marks the overdue ones and frees their slots."""
+    mark-noshows` marks the overdue ones and frees their slots. R4 appointment.html (Appointment.status noshow)."""
     doc = world.doctor()
     soon = book(world, world.slot(doc, future()), world.patient()).json()["id"]
     r = world.admin.post(f"/Appointment/{soon}/$no-show")
@@ -342,7 +342,7 @@ def test_no_show_only_after_the_grace_period_and_the_job(world: World) -> None:
 
 def test_reschedule_moves_the_booking_atomically(world: World) -> None:
     """$reschedule: the same Appointment, next version, on the new slot; the old slot freed; a full
-    new slot changes nothing."""
+    new slot changes nothing. R4 appointment.html (Appointment.slot), slot.html (Slot.status), operations.html."""
     doc = world.doctor()
     s1, s2, s3 = world.slot(doc, future()), world.slot(doc, future()), world.slot(doc, future())
     aid = book(world, s1, world.patient()).json()["id"]
@@ -371,7 +371,7 @@ def _checkin(c: httpx.Client, aid: str) -> tuple[dict, int]:
 
 
 def test_check_in_twice_and_concurrently_gives_one_encounter(world: World) -> None:
-    """Check-in is idempotent: sent twice, or 8 times at once, exactly one Encounter and one token."""
+    """Check-in is idempotent: sent twice, or 8 times at once, exactly one Encounter and one token. R4 appointment.html (Appointment.status arrived), encounter.html (Encounter.appointment)."""
     doc = world.doctor()
     aid = book(world, world.slot(doc, future()), world.patient()).json()["id"]
     e1, t1 = _checkin(world.admin, aid)
@@ -394,7 +394,7 @@ def test_check_in_twice_and_concurrently_gives_one_encounter(world: World) -> No
 
 
 def test_plain_update_to_arrived_opens_the_encounter(world: World) -> None:
-    """Setting status arrived by a plain update checks in too (same hook as $check-in)."""
+    """Setting status arrived by a plain update checks in too (same hook as $check-in). R4 appointment.html (Appointment.status arrived), encounter.html."""
     doc = world.doctor()
     appt = book(world, world.slot(doc, future()), world.patient()).json()
     appt["status"] = "arrived"
@@ -407,7 +407,7 @@ def test_plain_update_to_arrived_opens_the_encounter(world: World) -> None:
 
 def test_tokens_count_per_doctor_per_day_and_the_queue_is_in_token_order(world: World) -> None:
     """Tokens 1, 2, 3 in check-in order per doctor and day, independent per doctor; the queue is one
-    search away (project SearchParameters token, queue-date) and Encounter/$queue."""
+    search away (project SearchParameters token, queue-date) and Encounter/$queue. R4 encounter.html (Encounter.identifier, Encounter.participant)."""
     d1, d2 = world.doctor(), world.doctor()
     a = [book(world, world.slot(d1, future()), world.patient()).json()["id"] for _ in range(3)]
     b = book(world, world.slot(d2, future()), world.patient()).json()["id"]
@@ -431,7 +431,7 @@ def test_tokens_count_per_doctor_per_day_and_the_queue_is_in_token_order(world: 
 
 
 def test_walk_in_check_in(world: World) -> None:
-    """Encounter/$check-in without an appointment: an OPD Encounter with the next token of the queue."""
+    """Encounter/$check-in without an appointment: an OPD Encounter with the next token of the queue. R4 encounter.html, operations.html."""
     doc, pat = world.doctor(), world.patient()
     aid = book(world, world.slot(doc, future()), world.patient()).json()["id"]
     assert _checkin(world.admin, aid)[1] == 1
@@ -450,7 +450,7 @@ def test_walk_in_check_in(world: World) -> None:
 
 # ---- tenants and roles ------------------------------------------------------------------------
 def test_tenant_isolation(world: World, server: ServerProcess, database_url: str, client: httpx.Client) -> None:
-    """Another tenant cannot see nor book this tenant's slots, nor check in its appointments."""
+    """Another tenant cannot see nor book this tenant's slots, nor check in its appointments. R4 security.html, slot.html, appointment.html."""
     doc = world.doctor()
     sid = world.slot(doc, future())
     aid = book(world, world.slot(doc, future()), world.patient()).json()["id"]
@@ -467,7 +467,7 @@ def test_tenant_isolation(world: World, server: ServerProcess, database_url: str
 
 def test_roles_receptionist_doctor_patient(world: World) -> None:
     """A receptionist books, cancels, checks in; a doctor may not book but may complete and see the
-    queue; a patient (SMART patient context) books and cancels only their own."""
+    queue; a patient (SMART patient context) books and cancels only their own. R4 security.html, appointment.html, operations.html."""
     doc, pat, other = world.doctor(), world.patient(), world.patient()
     url = world.database_url
     with _client(world.server, world.tenant, issue_token(url, tenant=world.tenant, role="receptionist")) as rec, \

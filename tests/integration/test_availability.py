@@ -126,7 +126,7 @@ def test_weekday_sessions_with_break_become_slots(client: httpx.Client) -> None:
 
 
 def test_hours_are_local_to_the_schedule_time_zone(client: httpx.Client) -> None:
-    """``schedule-timezone``: 09:00 is 09:00 in Asia/Kolkata; Slot.start carries the offset (R4 instant)."""
+    """``schedule-timezone``: 09:00 is 09:00 in Asia/Kolkata; Slot.start carries the offset (R4 instant). R4 schedule.html, slot.html (Slot.start), datatypes.html#instant."""
     tz = {"url": SD + "schedule-timezone", "valueCode": "Asia/Kolkata"}
     ids = make_doctor(client, _key(), sessions=hours(("09:00:00", "10:00:00")), extra=[tz])
     monday = slots(client, ids["schedule"], MONDAY)
@@ -159,7 +159,7 @@ def test_leave_and_facility_holiday_leave_no_slots(client: httpx.Client) -> None
 
 
 def test_bad_hours_are_refused_and_write_nothing(client: httpx.Client) -> None:
-    """Bad input writes nothing: a malformed extension is a 400 naming it."""
+    """Bad input writes nothing: a malformed extension is a 400 naming it. R4 schedule.html, operationoutcome.html."""
     key = _key()
     bad = {"resourceType": "Schedule", "id": key, "actor": [{"reference": f"Practitioner/{key}"}],
            "extension": [{"url": SD + "schedule-timezone", "valueCode": "Mars/Olympus"}]}
@@ -170,7 +170,7 @@ def test_bad_hours_are_refused_and_write_nothing(client: httpx.Client) -> None:
 
 
 def test_generate_slots_twice_creates_nothing_new(client: httpx.Client) -> None:
-    """Idempotent ``Schedule/[id]/$generate-slots``: deterministic ids per schedule and start."""
+    """Idempotent ``Schedule/[id]/$generate-slots``: deterministic ids per schedule and start. R4 slot.html, schedule.html, operations.html."""
     ids = make_doctor(client, _key(), horizon=14)
     before = slots(client, ids["schedule"])
     r = client.post(f"/Schedule/{ids['schedule']}/$generate-slots")
@@ -203,7 +203,7 @@ def test_inactive_or_deleted_schedule_keeps_no_free_slots(client: httpx.Client) 
 
 
 def test_change_of_hours_keeps_booked_slot_and_flags_it(client: httpx.Client) -> None:
-    """A change of hours updates free slots and never touches a booked one: it is flagged for rebooking."""
+    """A change of hours updates free slots and never touches a booked one: it is flagged for rebooking. R4 slot.html (Slot.status), schedule.html."""
     ids = make_doctor(client, _key())
     monday = slots(client, ids["schedule"], MONDAY)
     booked = next(s for s in monday if s["start"][11:16] == "14:30")
@@ -231,7 +231,7 @@ def test_change_of_hours_keeps_booked_slot_and_flags_it(client: httpx.Client) ->
 
 def test_slots_booked_through_book_survive_a_change_of_hours(client: httpx.Client) -> None:
     """With the booking workflow (``Appointment/$book``, capacity 2 = overbooking): a full (busy) slot and a
-    part-booked (still free) one are both kept and flagged when the hours drop them; ``$find`` offers neither."""
+    part-booked (still free) one are both kept and flagged when the hours drop them; ``$find`` offers neither. R4 slot.html (Slot.status, overbooked), appointment.html (Appointment.slot)."""
     ids = make_doctor(client, _key(), extra=[{"url": SD + "slot-capacity", "valuePositiveInt": 2}])
     monday = {s["start"][11:16]: s for s in slots(client, ids["schedule"], MONDAY)}
     assert {"url": SD + "slot-capacity", "valuePositiveInt": 2} in monday["14:30"]["extension"]
@@ -261,7 +261,7 @@ def test_slots_booked_through_book_survive_a_change_of_hours(client: httpx.Clien
 
 
 def test_rolling_horizon_roll_over(client: httpx.Client, database_url: str) -> None:
-    """``fhir-server schedule roll``: the horizon moves with the days; a second run writes nothing."""
+    """``fhir-server schedule roll``: the horizon moves with the days; a second run writes nothing. R4 schedule.html (Schedule.planningHorizon), slot.html."""
     ids = make_doctor(client, _key(), horizon=7, sessions=hours(("09:00:00", "10:00:00"), days=WEEKDAYS + ["sat", "sun"]))
     first = slots(client, ids["schedule"])
     last = max(s["start"] for s in first)
@@ -287,7 +287,7 @@ def clinic(client: httpx.Client) -> dict[str, Any]:
 
 
 def test_find_soonest_first_with_includes(client: httpx.Client, clinic: dict[str, Any]) -> None:
-    """``Appointment/$find``: a searchset of free Slots, soonest first, Schedule and PractitionerRole included."""
+    """``Appointment/$find``: a searchset of free Slots, soonest first, Schedule and PractitionerRole included. R4 slot.html, search.html#include, operations.html."""
     day = MONDAY.isoformat()
     bundle = find(client, start=day, end=day, _count="50", specialty="http://snomed.info/sct|394579002")
     assert bundle["type"] == "searchset"
@@ -311,7 +311,7 @@ def test_find_soonest_first_with_includes(client: httpx.Client, clinic: dict[str
     ({"practitioner": "b", "_count": "1"}, {"b"}, 1),
 ])
 def test_find_filters(client: httpx.Client, clinic: dict[str, Any], params: dict[str, str], who: set[str], n: int) -> None:
-    """``$find`` filters: practitioner, facility (location), specialty (PractitionerRole.specialty), _count."""
+    """``$find`` filters: practitioner, facility (location), specialty (PractitionerRole.specialty), _count. R4 slot.html, schedule.html (Schedule.actor), practitionerrole.html (PractitionerRole.specialty), search.html#count."""
     resolved = {}
     for k, v in params.items():
         prefix, _, name = v.rpartition("/")
@@ -328,7 +328,7 @@ def test_find_filters(client: httpx.Client, clinic: dict[str, Any], params: dict
 
 
 def test_find_date_range_and_bad_input(client: httpx.Client, clinic: dict[str, Any]) -> None:
-    """``start``/``end`` bound the search (a date means the whole local day); bad values are 400."""
+    """``start``/``end`` bound the search (a date means the whole local day); bad values are 400. R4 slot.html (Slot.start), search.html#date, operationoutcome.html."""
     tue = (MONDAY + timedelta(days=1)).isoformat()
     found = matches(find(client, practitioner=clinic["a"]["practitioner"], start=tue, end=(MONDAY + timedelta(days=2)).isoformat()))
     assert [s["start"][:10] for s in found] == [tue, tue, (MONDAY + timedelta(days=2)).isoformat(), (MONDAY + timedelta(days=2)).isoformat()]
@@ -348,7 +348,7 @@ def test_find_date_range_and_bad_input(client: httpx.Client, clinic: dict[str, A
 
 def test_find_visit_type_needs_consecutive_slots(client: httpx.Client) -> None:
     """A visit longer than one slot (Panchakarma, 90 min on 30-min slots) needs three consecutive free
-    slots; ``$find`` returns the first slot of each run and says so."""
+    slots; ``$find`` returns the first slot of each run and says so. R4 slot.html, appointment.html (Appointment.minutesDuration)."""
     panchakarma = {"url": SD + "schedule-visit-type", "extension": [
         {"url": "type", "valueCoding": {"system": VT, "code": "panchakarma"}},
         {"url": "duration", "valueDuration": duration(90)}]}
@@ -400,7 +400,7 @@ def _as(server: ServerProcess, token: str) -> httpx.Client:
 
 
 def test_doctor_may_change_only_their_own_hours(client: httpx.Client, server: ServerProcess, database_url: str) -> None:
-    """Roles: a doctor may set their own hours, not another doctor's; a receptionist may set anyone's."""
+    """Roles: a doctor may set their own hours, not another doctor's; a receptionist may set anyone's. R4 security.html, schedule.html."""
     mine, other = make_doctor(client, _key()), make_doctor(client, _key())
     doctor = _as(server, issue_token(database_url, role="doctor", **{"fhir-user": f"Practitioner/{mine['practitioner']}"}))
     reception = _as(server, issue_token(database_url, role="receptionist"))
@@ -445,7 +445,7 @@ def other_tenant(server: ServerProcess, database_url: str) -> Iterator[httpx.Cli
 
 
 def test_tenants_do_not_see_each_others_slots(client: httpx.Client, other_tenant: httpx.Client) -> None:
-    """Tenant isolation: the same ids in two tenants are two unrelated schedules and slot sets."""
+    """Tenant isolation: the same ids in two tenants are two unrelated schedules and slot sets. R4 security.html, schedule.html, slot.html."""
     key = _key()
     mine = make_doctor(client, key, sessions=hours(("09:00:00", "10:00:00")))
     theirs = make_doctor(other_tenant, key, sessions=hours(("15:00:00", "16:00:00")))

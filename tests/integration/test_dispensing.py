@@ -88,7 +88,7 @@ def test_partial_then_complete_dispense_completes_the_request(client: httpx.Clie
 
 def test_over_dispense_is_refused_unless_overridden_with_a_reason(client: httpx.Client, database_url: str) -> None:
     """No more than dispenseRequest.quantity (422 naming MedicationDispense.quantity, nothing written); with
-    override-reason it is allowed and the reason is recorded on the dispense."""
+    override-reason it is allowed and the reason is recorded on the dispense. R4 medicationdispense.html (MedicationDispense.quantity), medicationrequest.html (dispenseRequest.quantity)."""
     _, rid = finalized_prescription(client, quantity=10)
     r = dispense(client, rid, 11)
     assert r.status_code == 422, r.text
@@ -106,7 +106,7 @@ def test_over_dispense_is_refused_unless_overridden_with_a_reason(client: httpx.
 def test_rest_dispense_follows_the_same_rules(client: httpx.Client) -> None:
     """A plain POST/PUT of a MedicationDispense with authorizingPrescription goes through the same rules as
     $dispense: finalized request only, the prescribed unit, no over-dispense; a reversal (entered-in-error) reopens
-    the request. A dispense without a prescription (over the counter) is not concerned."""
+    the request. A dispense without a prescription (over the counter) is not concerned. R4 medicationdispense.html (MedicationDispense.authorizingPrescription)."""
     who, rid = finalized_prescription(client, quantity=10)
     assert client.post("/MedicationDispense", json=rest_dispense(who, rid, 11)).status_code == 422
     r = client.post("/MedicationDispense", json=rest_dispense(who, rid, 3, unit="bottle"))
@@ -135,7 +135,7 @@ def test_rest_dispense_follows_the_same_rules(client: httpx.Client) -> None:
 
 
 def test_dispense_against_a_stopped_request_is_refused(client: httpx.Client) -> None:
-    """A stopped/cancelled item cannot be dispensed any more."""
+    """A stopped/cancelled item cannot be dispensed any more. R4 medicationrequest.html (MedicationRequest.status), medicationdispense.html."""
     _, rid = finalized_prescription(client, quantity=10)
     r = client.patch(f"/MedicationRequest/{rid}", content=b'[{"op":"replace","path":"/status","value":"stopped"}]',
                      headers={"Content-Type": "application/json-patch+json"})
@@ -168,7 +168,7 @@ async def _parallel(base: str, headers: dict[str, str], calls: list[tuple[str, s
 
 def test_concurrent_dispenses_never_exceed_the_prescription(server: ServerProcess, client: httpx.Client, database_url: str) -> None:
     """10 parallel $dispense of 3 against 10 prescribed: exactly 3 succeed (the request row is locked and the sum
-    taken under the lock), 9 dispensed, the rest refused 422; the same with 10 parallel REST POSTs of 2 (5 succeed)."""
+    taken under the lock), 9 dispensed, the rest refused 422; the same with 10 parallel REST POSTs of 2 (5 succeed). R4 medicationdispense.html (MedicationDispense.quantity), medicationrequest.html (dispenseRequest.quantity)."""
     _, rid = finalized_prescription(client, quantity=10)
     body = {"resourceType": "Parameters", "parameter": [{"name": "quantity", "valueQuantity": {"value": 3, "unit": "tablet"}}]}
     statuses = asyncio.run(_parallel(server.base, dict(client.headers), [("POST", f"/MedicationRequest/{rid}/$dispense", body)] * 10))
@@ -185,7 +185,7 @@ def test_concurrent_dispenses_never_exceed_the_prescription(server: ServerProces
 
 def test_only_pharmacists_dispense(server: ServerProcess, client: httpx.Client, role_tokens: dict[str, str]) -> None:
     """Roles (README "Roles and permissions"): a doctor or nurse may not dispense (403 forbidden), by the
-    operation or by REST; a pharmacist may."""
+    operation or by REST; a pharmacist may. R4 security.html, medicationdispense.html, operations.html."""
     who, rid = finalized_prescription(client, quantity=10)
     for role in ("doctor", "nurse"):
         with with_token(server, role_tokens[role]) as c:
@@ -226,7 +226,7 @@ async def svc(database_url: str) -> AsyncIterator[ResourceService]:
 
 async def test_stock_ledger_draws_in_the_dispense_transaction(svc: ResourceService) -> None:
     """The stock seam (stock.py): a completed dispense draws its quantity from its location, a reversal puts it
-    back, and a ledger that refuses rolls the dispense back."""
+    back, and a ledger that refuses rolls the dispense back. R4 medicationdispense.html (MedicationDispense.quantity, location)."""
     async def make(resource: dict[str, Any]) -> str:
         return (await svc.create(resource["resourceType"], resource)).version.id
     patient = await make({"resourceType": "Patient"})

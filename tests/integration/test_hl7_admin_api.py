@@ -143,9 +143,11 @@ async def test_tenant_admin_sees_only_its_senders(http: httpx.AsyncClient, liste
 
 
 async def test_auth_required_and_admin_role_only(http: httpx.AsyncClient, server: ServerProcess, database_url: str) -> None:
-    """SMART App Launch / README "Roles": no token → 401; a role other than admin → 403."""
+    """SMART App Launch / README "Roles": no token → 401; a role other than admin → 403; both OperationOutcomes
+    (http.html, operationoutcome.html)."""
     url = f"{origin(server)}/admin/hl7/messages"
-    assert (await http.get(url)).status_code == 401
+    r = await http.get(url)
+    assert r.status_code == 401 and r.json()["resourceType"] == "OperationOutcome"
     nurse = {"Authorization": f"Bearer {issue_token(database_url, tenant='default', role='nurse')}"}
     r = await http.get(url, headers=nurse)
     assert r.status_code == 403 and r.json()["issue"][0]["code"] == "forbidden"
@@ -167,7 +169,9 @@ async def test_detail_has_raw_and_ack_and_is_audited(http: httpx.AsyncClient, li
     kinds = sorted(ref.split("/")[0] for ref in detail["resources"])
     assert kinds == ["Appointment", "Patient"]
     patient_id = next(ref.split("/")[1] for ref in detail["resources"] if ref.startswith("Patient/"))
-    assert (await http.get(f"{origin(server)}/admin/hl7/messages/999999999", headers=admin)).status_code == 404
+    for missing in ("999999999", "not-a-number"):  # http.html#read: 404 with an OperationOutcome
+        r = await http.get(f"{origin(server)}/admin/hl7/messages/{missing}", headers=admin)
+        assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
     rows: list[Any] = []
     for _ in range(50):  # the audit sink writes in batches every 0.2 s
         with psycopg.connect(database_url, autocommit=True) as conn:
@@ -203,7 +207,8 @@ async def test_replay_after_fixing_the_sender(http: httpx.AsyncClient, listener:
     assert body["ackCode"] == "AA" and body["status"] == "processed" and body["ack"].split("\r")[1].startswith("MSA|AA|A0")
     assert sorted(ref.split("/")[0] for ref in body["resources"]) == ["Appointment", "Patient"]
     assert "error" not in body
-    assert (await http.post(url, headers=admin)).status_code == 409  # processed: not replayed again
+    r = await http.post(url, headers=admin)  # processed: not replayed again
+    assert r.status_code == 409 and r.json()["resourceType"] == "OperationOutcome"
     with psycopg.connect(database_url, autocommit=True) as conn:
         [(n,)] = conn.execute("SELECT count(*) FROM resource WHERE tenant_id = %s AND resource_type = 'Appointment'",
                               (log["tenant_a"],)).fetchall()

@@ -167,7 +167,8 @@ def test_invalid_medication_validate_with_profile(
 
 
 def test_unclaimed_write_is_validated_as_before(client: httpx.Client) -> None:
-    """Writes not claiming a project profile get R4 validation only (a made-up rasa is just an extension value)."""
+    """validation.html / profiling.html: writes not claiming a project profile (meta.profile) get R4
+    validation only (a made-up potency is just an extension value)."""
     r = homeopathic(potency="7M")
     del r["meta"]
     assert client.post("/Medication", json=r).status_code == 201
@@ -182,7 +183,8 @@ def test_update_claiming_a_profile_is_checked(client: httpx.Client) -> None:
 
 
 def test_definitions_are_served(client: httpx.Client) -> None:
-    """conformance resources: the packaged StructureDefinitions, CodeSystems and ValueSets are readable and searchable."""
+    """conformance-module.html, http.html#read, search.html: the packaged StructureDefinitions, CodeSystems
+    and ValueSets are readable and searchable in every tenant."""
     r = client.get("/StructureDefinition/medication-homeopathic")
     assert r.status_code == 200, r.text
     assert r.json()["url"] == HOMEOPATHIC
@@ -201,7 +203,8 @@ def test_definitions_are_served(client: httpx.Client) -> None:
 
 
 def test_definitions_are_read_only(client: httpx.Client) -> None:
-    """The packaged definitions cannot be changed, deleted, or shadowed by a resource with the same url (403)."""
+    """http.html#update, http.html#delete, http.html#create: the packaged definitions cannot be changed,
+    deleted, or shadowed by a resource with the same url (403 OperationOutcome)."""
     sd = client.get("/StructureDefinition/medication-rasa").json()
     assert_outcome(client.put("/StructureDefinition/medication-rasa", json={**sd, "title": "changed"}), 403)
     assert_outcome(client.delete("/StructureDefinition/medication-rasa"), 403)
@@ -298,13 +301,17 @@ def test_fuzzy_name_search_tolerates_misspellings(client: httpx.Client, catalogu
 
 
 def test_fuzzy_search_with_criteria_and_errors(client: httpx.Client, catalogue: dict[str, str]) -> None:
-    """$fuzzy-search combines with ordinary criteria; no name is 400."""
+    """search.html#string (this server's $fuzzy-search): it combines with ordinary criteria; a missing
+    name or a bad _count is a 400 OperationOutcome naming the parameter."""
     ids = {v: k for k, v in catalogue.items()}
     r = client.get("/Medication/$fuzzy-search", params={"name": "trifala", "system-of-medicine": "homeopathic"})
     assert all(ids.get(e["resource"]["id"]) not in ("triphala", "ashwagandha") for e in r.json()["entry"])
     r = client.get("/Medication/$fuzzy-search", params={"name": "trifala", "rasa": "tikta"})
     assert "triphala" in {ids.get(e["resource"]["id"]) for e in r.json()["entry"]}
-    assert_outcome(client.get("/Medication/$fuzzy-search"), 400)
+    body = assert_outcome(client.get("/Medication/$fuzzy-search"), 400)
+    assert body["issue"][0]["expression"] == ["name"], body
+    body = assert_outcome(client.get("/Medication/$fuzzy-search", params={"name": "trifala", "_count": "x"}), 400)
+    assert body["issue"][0]["expression"] == ["_count"], body
 
 
 def _letters() -> str:

@@ -223,7 +223,7 @@ def test_each_failing_check_is_refused_alone(client: httpx.Client, check: str) -
 
 
 def test_prescriber_without_prescribing_right_is_refused(client: httpx.Client) -> None:
-    """The requester needs a PractitionerRole with a prescribing code (practitioner-role#doctor or the project's prescriber)."""
+    """The requester needs a PractitionerRole with a prescribing code (practitioner-role#doctor or the project's prescriber). R4 medicationrequest.html (MedicationRequest.requester), practitionerrole.html (PractitionerRole.code)."""
     who = people(client, prescriber_code="nurse")
     group = uuid.uuid4().hex[:10]
     created(client, item(who, group))
@@ -234,7 +234,7 @@ def test_prescriber_without_prescribing_right_is_refused(client: httpx.Client) -
 
 
 def test_every_failing_check_is_reported_at_once(client: httpx.Client) -> None:
-    """All problems of all items in one OperationOutcome (one issue each), not the first only."""
+    """All problems of all items in one OperationOutcome (one issue each), not the first only. R4 medicationrequest.html, operationoutcome.html (one issue per problem)."""
     who = people(client)
     group = uuid.uuid4().hex[:10]
     bad = item(who, group)
@@ -259,7 +259,7 @@ def test_every_failing_check_is_reported_at_once(client: httpx.Client) -> None:
 
 
 def test_finalize_of_an_unknown_prescription_has_no_items(client: httpx.Client) -> None:
-    """At least one item: a prescription number no MedicationRequest carries is refused (422), naming the parameter."""
+    """At least one item: a prescription number no MedicationRequest carries is refused (422), naming the parameter. R4 medicationrequest.html (MedicationRequest.groupIdentifier), operations.html."""
     r = finalize(client, "no-such-" + uuid.uuid4().hex)
     assert r.status_code == 422
     assert errors(r)[0]["expression"] == ["Parameters.parameter.where(name='prescription')"]
@@ -343,7 +343,7 @@ def test_finalized_item_cannot_be_edited_but_can_be_stopped_or_cancelled(client:
 
 
 def test_only_finalize_sets_the_finalized_tag(client: httpx.Client) -> None:
-    """A create or update that claims the finalized tag without $finalize is refused (422)."""
+    """A create or update that claims the finalized tag without $finalize is refused (422). R4 medicationrequest.html (MedicationRequest.status), resource.html#tag."""
     who = people(client)
     body = item(who, uuid.uuid4().hex[:10], meta={"tag": [FINALIZED]}, status="active")
     r = client.post("/MedicationRequest", json=body)
@@ -367,7 +367,7 @@ def test_meta_delete_cannot_unlock_a_finalized_item(client: httpx.Client) -> Non
 
 def test_printable_prescription_is_escaped_html_with_every_item(client: httpx.Client) -> None:
     """The printable form (text/html): facility, patient, prescriber, items with dose, frequency in words
-    (AYUSH timings too), duration, quantity and system-specific instructions; every value HTML-escaped."""
+    (AYUSH timings too), duration, quantity and system-specific instructions; every value HTML-escaped. R4 medicationrequest.html (MedicationRequest.dosageInstruction, dispenseRequest)."""
     who = people(client, patient_name="<b>Asha</b> & co")
     group = uuid.uuid4().hex[:10]
     created(client, item(who, group, medication="<script>alert(1)</script> Triphala", unit="g", quantity=42, dosageInstruction=[AYUSH]))
@@ -389,7 +389,7 @@ def test_printable_prescription_is_escaped_html_with_every_item(client: httpx.Cl
 
 
 def test_draft_prints_with_a_draft_banner(client: httpx.Client) -> None:
-    """A draft can be previewed; the page says it is not valid for dispensing."""
+    """A draft can be previewed; the page says it is not valid for dispensing. R4 medicationrequest.html (MedicationRequest.status draft)."""
     who = people(client)
     rid = created(client, item(who, uuid.uuid4().hex[:10]))
     r = client.get(f"/MedicationRequest/{rid}/$print")
@@ -400,7 +400,7 @@ def test_draft_prints_with_a_draft_banner(client: httpx.Client) -> None:
 
 def test_only_prescribers_finalize(server: ServerProcess, client: httpx.Client, role_tokens: dict[str, str]) -> None:
     """Roles (README "Roles and permissions"): a nurse may draft but not finalize, a pharmacist may not finalize
-    (403 forbidden); a doctor finalizes."""
+    (403 forbidden); a doctor finalizes. R4 security.html, medicationrequest.html, operations.html."""
     who = people(client)
     group = uuid.uuid4().hex[:10]
     with with_token(server, role_tokens["nurse"]) as nurse:
@@ -417,7 +417,7 @@ def test_only_prescribers_finalize(server: ServerProcess, client: httpx.Client, 
 
 def test_a_doctor_finalizes_only_their_own_prescription(server: ServerProcess, client: httpx.Client, database_url: str) -> None:
     """A caller whose token names a Practitioner (fhirUser) may finalize only prescriptions it is the requester of;
-    finalizing twice is refused (the items are no longer drafts)."""
+    finalizing twice is refused (the items are no longer drafts). R4 medicationrequest.html (MedicationRequest.requester), security.html."""
     who = people(client)
     group = uuid.uuid4().hex[:10]
     created(client, item(who, group))

@@ -90,7 +90,8 @@ async def test_failing_after_write_rolls_the_write_back(svc: ResourceService) ->
 
 
 async def test_guard_refuses_update_patch_and_delete(svc: ResourceService) -> None:
-    """A guard sees the stored content: a locked resource cannot be updated, patched or deleted."""
+    """http.html#update, #patch, #delete: a guard sees the stored content; a locked resource cannot be
+    updated, patched or deleted."""
     locked = await svc.create("Basic", basic("locked"))
     rid = locked.version.id
     with pytest.raises(UnprocessableEntity) as err:

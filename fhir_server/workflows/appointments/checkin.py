@@ -18,7 +18,7 @@ import orjson
 
 from fhir_server.services.resources import ResourceService
 from fhir_server.storage import repository as repo
-from fhir_server.timeutil import now
+from fhir_server.timeutil import format_instant, now
 from fhir_server.workflows.appointments.model import (
     ACT_CODE,
     TOKEN_SYSTEM,
@@ -26,7 +26,6 @@ from fhir_server.workflows.appointments.model import (
     local_day,
     lock,
     search,
-    utc,
 )
 
 
@@ -80,11 +79,11 @@ def _encounter(patient: str, practitioner: str, location: str | None, organizati
         "identifier": [{"use": "usual", "type": {"text": "OPD token"}, "system": TOKEN_SYSTEM, "value": str(token),
                         "period": {"start": day, "end": day}}],
         "status": "arrived",
-        "statusHistory": [{"status": "arrived", "period": {"start": utc(now())}}],
+        "statusHistory": [{"status": "arrived", "period": {"start": format_instant(now())}}],
         "class": {"system": ACT_CODE, "code": "AMB", "display": "ambulatory"},
         "subject": {"reference": f"Patient/{patient}"},
         "participant": [{"individual": {"reference": f"Practitioner/{practitioner}"}}],
-        "period": {"start": utc(now())},
+        "period": {"start": format_instant(now())},
     }
     if appointment is not None:
         enc["appointment"] = [{"reference": f"Appointment/{appointment['id']}"}]

@@ -5,7 +5,6 @@ small helpers every module of the package shares (references, instants, searches
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -13,8 +12,10 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fhir_server.services.conditional import find_matches
+from fhir_server.storage.locks import advisory_lock
 from fhir_server.storage.repository import StoredVersion
-from fhir_server.timeutil import format_instant, now
+from fhir_server.timeutil import now
+from fhir_server.workflows.references import ref_id
 
 BASE = "https://fhir-server.example.org/fhir"
 TOKEN_SYSTEM = f"{BASE}/sid/opd-token"  # Encounter.identifier: the OPD queue token of a check-in
@@ -43,16 +44,6 @@ def grace() -> timedelta:
 
 def opd_zone() -> ZoneInfo:
     return ZoneInfo(str(getattr(settings(), "opd_timezone", "Asia/Kolkata")))
-
-
-def ref_id(reference: Any, resource_type: str) -> str | None:
-    """``Slot/12`` → ``12`` for a relative reference of ``resource_type`` (else None)."""
-    ref = reference.get("reference") if isinstance(reference, dict) else reference
-    if isinstance(ref, str):
-        kind, _, rid = ref.rpartition("/")
-        if kind.rsplit("/", 1)[-1] == resource_type and rid:
-            return rid
-    return None
 
 
 def slot_ids(appointment: dict[str, Any] | None) -> list[str]:
@@ -85,23 +76,14 @@ def instant(value: Any) -> datetime | None:
         return None
 
 
-def utc(dt: datetime) -> str:
-    return format_instant(dt)
-
-
 def local_day(at: datetime | None = None) -> str:
     """The OPD day (``FHIR_OPD_TIMEZONE``) of ``at`` (default now), as a FHIR date."""
     return (at or now()).astimezone(opd_zone()).date().isoformat()
 
 
-def lock_key(*parts: str) -> int:
-    digest = hashlib.blake2b("\x1f".join(("appointments",) + parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 async def lock(conn: Any, *parts: str) -> None:
-    """A transaction-scoped advisory lock (re-entrant on one connection)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(*parts),))
+    """A transaction-scoped advisory lock of the appointment rules (re-entrant on one connection)."""
+    await advisory_lock(conn, "appointments", *parts)
 
 
 async def search(conn: Any, tenant: str, resource_type: str, params: list[tuple[str, str]]) -> list[StoredVersion]:

@@ -22,7 +22,7 @@ from fhir_server.services.conditional import find_matches
 from fhir_server.services.resources import BoundDatabase, ResourceService, WriteResult
 from fhir_server.services.validate import check_resource
 from fhir_server.storage.repository import StoredVersion
-from fhir_server.timeutil import now
+from fhir_server.timeutil import format_instant, now
 from fhir_server.workflows.appointments import checkin, rules, transitions
 from fhir_server.workflows.appointments.model import (
     ACTIVE,
@@ -33,7 +33,6 @@ from fhir_server.workflows.appointments.model import (
     ref_id,
     search,
     slot_ids,
-    utc,
 )
 
 BOOKABLE_FROM = ("proposed", "pending", "waitlist")
@@ -112,7 +111,7 @@ async def book(service: ResourceService, appointment: dict[str, Any]) -> WriteRe
     appointment = {**appointment, "status": "booked"}
     appointment.pop("id", None)
     appointment.pop("meta", None)
-    appointment.setdefault("created", utc(now()))
+    appointment.setdefault("created", format_instant(now()))
     async with service.db.transaction() as conn:
         await _fill_from_slots(service, conn, appointment)
         check_resource("Appointment", appointment, id_required=False)
@@ -248,7 +247,7 @@ async def mark_noshows(service: ResourceService) -> list[str]:
     """Every booked Appointment whose start + grace has passed becomes ``noshow`` (ids returned)."""
     cutoff = now() - grace()
     async with service.db.connection() as conn:
-        due = await search(conn, service.tenant, "Appointment", [("status", "booked"), ("date", f"lt{utc(cutoff)}")])
+        due = await search(conn, service.tenant, "Appointment", [("status", "booked"), ("date", f"lt{format_instant(cutoff)}")])
     marked = []
     for v in due:
         try:

@@ -37,7 +37,7 @@ from fhir_server.errors import ResourceGone, ResourceNotFound, UnprocessableEnti
 from fhir_server.services import hooks
 from fhir_server.services.resources import BoundDatabase, ResourceService
 from fhir_server.storage import repository as repo
-from fhir_server.timeutil import now
+from fhir_server.timeutil import format_instant, now
 from fhir_server.workflows.appointments import checkin, transitions
 from fhir_server.workflows.appointments.model import (
     ACTIVE,
@@ -51,7 +51,6 @@ from fhir_server.workflows.appointments.model import (
     ref_id,
     slot_ids,
     status_of,
-    utc,
 )
 
 _FULFIL_FROM = ("arrived", "checked-in")
@@ -76,19 +75,19 @@ def _held(resource: dict[str, Any] | None) -> list[str]:
     return slot_ids(resource) if status_of(resource) in HOLDING else []
 
 
-def capacity_of(slot: dict[str, Any], schedule: dict[str, Any] | None) -> int:
-    for holder in (slot, schedule or {}):
-        for ext in holder.get("extension") or []:
-            if ext.get("url") == CAPACITY_URL and isinstance(ext.get("valuePositiveInt"), int):
-                return max(1, int(ext["valuePositiveInt"]))
-    return 1
+def _capacity(holder: dict[str, Any] | None) -> int | None:
+    """The ``slot-capacity`` extension of a Slot or Schedule (at least 1), if it has one."""
+    for ext in (holder or {}).get("extension") or []:
+        if ext.get("url") == CAPACITY_URL and isinstance(ext.get("valuePositiveInt"), int):
+            return max(1, int(ext["valuePositiveInt"]))
+    return None
 
 
-async def _read(svc: ResourceService, conn: Any, resource_type: str, rid: str, expression: str) -> dict[str, Any]:
+async def _read_or_none(svc: ResourceService, conn: Any, resource_type: str, rid: str) -> dict[str, Any] | None:
     try:
         return orjson.loads((await svc.read_in(conn, resource_type, rid)).content or "{}")
     except (ResourceNotFound, ResourceGone):
-        raise UnprocessableEntity(f"{resource_type}/{rid} is not known", expression=expression) from None
+        return None
 
 
 async def _holding(conn: Any, tenant: str, slot_id: str) -> int:
@@ -100,21 +99,19 @@ async def _holding(conn: Any, tenant: str, slot_id: str) -> int:
 
 async def _check_and_sync_slots(conn: Any, svc: ResourceService, event: hooks.WriteEvent,
                                 taken: list[str], touched: list[str]) -> None:
+    schedules: dict[str, int | None] = {}  # capacity per Schedule: the touched Slots mostly share one
     for sid in touched:
-        if sid not in taken:  # a freed Slot that is gone has nothing to free
-            try:
-                await svc.read_in(conn, "Slot", sid)
-            except (ResourceNotFound, ResourceGone):
+        slot = await _read_or_none(svc, conn, "Slot", sid)
+        if slot is None:
+            if sid not in taken:  # a freed Slot that is gone has nothing to free
                 continue
-        slot = await _read(svc, conn, "Slot", sid, "Appointment.slot")
-        schedule_id = ref_id(slot.get("schedule"), "Schedule")
-        schedule = None
-        if schedule_id:
-            try:
-                schedule = orjson.loads((await svc.read_in(conn, "Schedule", schedule_id)).content or "{}")
-            except (ResourceNotFound, ResourceGone):
-                schedule = None
-        capacity = capacity_of(slot, schedule)
+            raise UnprocessableEntity(f"Slot/{sid} is not known", expression="Appointment.slot")
+        capacity = _capacity(slot)
+        if capacity is None and (schedule_id := ref_id(slot.get("schedule"), "Schedule")):
+            if schedule_id not in schedules:
+                schedules[schedule_id] = _capacity(await _read_or_none(svc, conn, "Schedule", schedule_id))
+            capacity = schedules[schedule_id]
+        capacity = capacity or 1
         count = await _holding(conn, event.tenant, sid)
         if sid in taken:
             status = slot.get("status")
@@ -207,11 +204,8 @@ async def check_in(conn: Any, service: ResourceService, appointment: dict[str, A
                                   expression="Appointment.participant")
     organization = None
     if location is not None:
-        try:
-            loc = orjson.loads((await _unrestricted(service, conn).read_in(conn, "Location", location)).content or "{}")
-            organization = ref_id(loc.get("managingOrganization"), "Organization")
-        except (ResourceNotFound, ResourceGone):
-            pass
+        loc = await _read_or_none(_unrestricted(service, conn), conn, "Location", location)
+        organization = ref_id(loc.get("managingOrganization"), "Organization") if loc else None
     return await checkin.open_visit(conn, service, patient=patient, practitioner=practitioner, location=location,
                                     organization=organization, appointment=appointment)
 
@@ -223,8 +217,8 @@ async def _finish_encounters(conn: Any, service: ResourceService, appointment_id
         if enc.get("status") in ("finished", "cancelled", "entered-in-error"):
             continue
         enc["status"] = "finished"
-        enc.setdefault("period", {})["end"] = utc(now())
-        enc.setdefault("statusHistory", []).append({"status": "finished", "period": {"start": utc(now())}})
+        enc.setdefault("period", {})["end"] = format_instant(now())
+        enc.setdefault("statusHistory", []).append({"status": "finished", "period": {"start": format_instant(now())}})
         enc.pop("meta", None)
         await svc.update_in(conn, "Encounter", found.id, enc, None)
 
@@ -241,12 +235,8 @@ async def after_encounter(conn: Any, service: ResourceService, event: hooks.Writ
         if aid is None:
             continue
         await lock(conn, event.tenant, "check-in", aid)
-        try:
-            current = await svc.read_in(conn, "Appointment", aid)
-        except (ResourceNotFound, ResourceGone):
-            continue
-        appt = orjson.loads(current.content or "{}")
-        if appt.get("status") in _FULFIL_FROM:
+        appt = await _read_or_none(svc, conn, "Appointment", aid)
+        if appt is not None and appt.get("status") in _FULFIL_FROM:
             appt["status"] = "fulfilled"
             appt.pop("meta", None)
             await svc.update_in(conn, "Appointment", aid, appt, None)

@@ -37,6 +37,7 @@ from fhir_server.workflows.availability.model import (
     sub_extensions,
     timezone_of,
 )
+from fhir_server.workflows.references import ref_id
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 500
@@ -246,7 +247,7 @@ async def find(conn: Any, q: FindQuery, now: datetime) -> Found:
     included: list[StoredVersion] = []
     seen: set[str] = set()
     for slot in slots:
-        sid = orjson.loads(slot.content or "{}").get("schedule", {}).get("reference", "").removeprefix("Schedule/")
+        sid = ref_id(orjson.loads(slot.content or "{}").get("schedule"), "Schedule")
         if sid in by_id and sid not in seen:
             seen.add(sid)
             schedule, role = by_id[sid]

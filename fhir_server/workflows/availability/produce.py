@@ -17,7 +17,6 @@ An advisory lock per (tenant, schedule) serialises two reconciliations of one sc
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,11 +59,6 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("schedule", "planned", "created", "updated", "deleted", "flagged", "unflagged")}
-
-
-def _lock_key(tenant: str, schedule_id: str) -> int:
-    digest = hashlib.blake2b(f"schedule-slots\x1f{tenant}\x1f{schedule_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 async def load_rules(conn: Any, tenant: str, schedule_id: str) -> Rules | None:
@@ -192,7 +186,7 @@ async def reconcile(conn: Any, service: ResourceService, schedule_id: str, *, no
 
 async def _reconcile(conn: Any, service: ResourceService, schedule_id: str, now: datetime | None) -> Summary:
     tenant = service.tenant
-    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(tenant, schedule_id),))
+    await service.lock_in(conn, "schedule-slots", "Schedule", schedule_id)
     moment = now or server_now()
     rules = await load_rules(conn, tenant, schedule_id)
     planned: list[PlannedSlot] = plan(rules, moment) if rules is not None else []

@@ -48,6 +48,12 @@ def _definition(code: str, title: str, description: str, *, type_: bool, instanc
 _PRESCRIPTION = _p("prescription", "in", 0, "1", "string",
                    "The prescription number: [system|]value of MedicationRequest.groupIdentifier. Required at type level.")
 
+def _view(code: str, title: str, description: str, return_type: str, return_doc: str) -> dict[str, Any]:
+    """A read-only rendering of a prescription, at type (with ``prescription``) or instance level."""
+    return _definition(code, title, description, type_=True, instance=True, affects_state=False,
+                       parameters=[_PRESCRIPTION, _p("return", "out", 1, "1", return_type, return_doc)])
+
+
 DEFINITIONS: dict[str, dict[str, Any]] = {
     "finalize": _definition(
         "finalize", "Finalize a prescription",
@@ -59,21 +65,14 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
             _p("override-reason", "in", 0, "1", "string", "Finalize despite drug-allergy alerts; recorded as the DetectedIssue mitigation."),
             _p("return", "out", 1, "1", "Bundle", "A collection Bundle: the finalized items and the DetectedIssues written."),
         ]),
-    "print": _definition(
-        "print", "Printable prescription",
-        "The prescription as a printable HTML page (text/html).",
-        type_=True, instance=True, affects_state=False, parameters=[
-            _PRESCRIPTION,
-            _p("return", "out", 1, "1", "Binary", "The HTML page (returned as text/html, not wrapped)."),
-        ]),
-    "prescription-record": _definition(
+    "print": _view(
+        "print", "Printable prescription", "The prescription as a printable HTML page (text/html).",
+        "Binary", "The HTML page (returned as text/html, not wrapped)."),
+    "prescription-record": _view(
         "prescription-record", "Prescription record document",
         "The prescription as an ABDM-style document Bundle: a Composition (SNOMED CT 440545006 Prescription record) "
         "listing the items, then the resources they reference.",
-        type_=True, instance=True, affects_state=False, parameters=[
-            _PRESCRIPTION,
-            _p("return", "out", 1, "1", "Bundle", "The document Bundle."),
-        ]),
+        "Bundle", "The document Bundle."),
     "dispense": _definition(
         "dispense", "Dispense against a prescription item",
         "Writes a MedicationDispense against a finalized item, tracked against dispenseRequest.quantity (no over-dispensing "

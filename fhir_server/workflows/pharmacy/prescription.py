@@ -18,6 +18,7 @@ from fhir_server.services.conditional import find_matches
 from fhir_server.services.resources import ResourceService
 from fhir_server.storage import repository as repo
 from fhir_server.storage.repository import StoredVersion
+from fhir_server.workflows.references import ref_id
 
 __all__ = [
     "Coding", "group_key", "items_of_group", "medication_terms", "quantity_value", "read_json", "ref_id", "referring", "same_unit",
@@ -41,17 +42,6 @@ def concept_terms(concepts: list[dict[str, Any]]) -> tuple[set[Coding], set[str]
             if c.get("display"):
                 texts.add(str(c["display"]).strip().lower())
     return codings, texts
-
-
-def ref_id(reference: Any, resource_type: str) -> str | None:
-    """``Type/id`` (relative, or the tail of an absolute URL) → id, if it is of ``resource_type``."""
-    ref = (reference or {}).get("reference") if isinstance(reference, dict) else None
-    if not isinstance(ref, str):
-        return None
-    parts = ref.split("/_history/")[0].rstrip("/").split("/")
-    if len(parts) >= 2 and parts[-2] == resource_type and parts[-1]:
-        return parts[-1]
-    return None
 
 
 def group_key(item: dict[str, Any]) -> str | None:
