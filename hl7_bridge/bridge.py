@@ -247,7 +247,7 @@ class Bridge:
                             fallback=_salvage(text))
             await inbox.mark_error(self.db, message_id, "AR", ack.text, exc.reason, "", exc.code)
             return "AR", ack.text
-        self.senders._cache.clear()
+        self.senders.invalidate()
         sender = await self.senders.resolve(msg.sending_app, msg.sending_facility)
         if sender is not None:
             async with self.db.connection() as conn:

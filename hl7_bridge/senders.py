@@ -68,6 +68,10 @@ class SenderRegistry:
         self.ttl = ttl
         self._cache: dict[tuple[str, str], tuple[float, Sender | None]] = {}
 
+    def invalidate(self) -> None:
+        """Forget the cached configurations (a replay resolves the sender as it is configured now)."""
+        self._cache.clear()
+
     async def resolve(self, app: str, facility: str) -> Sender | None:
         """The sender, or None when it is unconfigured (or disabled) and the policy refuses it."""
         key = (app, facility)

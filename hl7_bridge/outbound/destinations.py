@@ -142,6 +142,13 @@ async def destinations_for(conn: Any, tenant: str) -> tuple[Destination, ...]:
     return found
 
 
+async def destination_by_id(conn: Any, destination_id: int) -> Destination | None:
+    """One destination, enabled or not, read now (no cache: the dispatcher sends with its current settings)."""
+    cur = await conn.execute(f"SELECT {_COLUMNS} FROM hl7_destination WHERE id = %s", (destination_id,))
+    found = await cur.fetchone()
+    return _from_row(found) if found is not None else None
+
+
 def validate(message_type: str, categories: list[str], tls: dict[str, Any], retry: dict[str, Any]) -> None:
     if message_type not in ("ORM^O01", "OML^O21"):
         raise ValueError("message type must be ORM^O01 or OML^O21")

@@ -35,7 +35,7 @@ import psycopg
 from hl7_bridge.decode import HL7ParseError, decode, parse
 from hl7_bridge.mllp import Framer, frame
 from hl7_bridge.outbound import outbox
-from hl7_bridge.outbound.destinations import _COLUMNS, Destination, _from_row
+from hl7_bridge.outbound.destinations import Destination, destination_by_id
 
 __all__ = ["Dispatcher", "deliver", "run_dispatcher"]
 
@@ -206,11 +206,9 @@ class Dispatcher:
         outbox_id, dest_id, control_id, message, attempts, created_at = row
         try:
             async with self.db.connection() as conn:
-                cur = await conn.execute(f"SELECT {_COLUMNS} FROM hl7_destination WHERE id = %s", (dest_id,))
-                found = await cur.fetchone()
-                if found is None:
+                dest = await destination_by_id(conn, dest_id)
+                if dest is None:
                     return
-                dest = _from_row(found)
                 await outbox.extend(conn, outbox_id, self.owner,
                                     dest.policy("connect_timeout") + dest.policy("ack_timeout") + 30)
             try:
